@@ -1,0 +1,22 @@
+# The two commands the README gives:
+#   make setup   install everything into .venv and run the main job on the embedded model
+#   make test    lint, type-check and run the whole test suite
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup install main test lint
+
+setup: install main
+
+install:
+	scripts/install.sh $(VENV)
+
+main:
+	$(BIN)/python -m pytest -m gguf --model smollm2-135m
+
+lint:
+	$(BIN)/ruff check pytest_minerva tests suites benchmarks
+	$(BIN)/mypy
+
+test:
+	scripts/test.sh $(VENV)

@@ -1,0 +1,207 @@
+"""The fixtures tests use, and how the matrix parametrizes them.
+
+- ``backend``: a loaded :class:`~pytest_minerva.backends.base.Backend`, one per matrix case.
+- ``backend_pair``: a :class:`LoadedPair` (reference and candidate) for the equivalence suite.
+- ``model_artifact``: a :class:`~pytest_minerva.resolve.ResolvedArtifact` per model x variant.
+- ``gguf_model``, ``safetensors_model``, ``mlx_model``: the same, one format each.
+- ``minerva_session``: the run's :class:`~pytest_minerva.session.MinervaSession`.
+
+Missing models, devices and libraries skip with a reason; a corrupt file fails with the
+file's name and the problem.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from pytest_minerva.backends.base import Backend
+from pytest_minerva.errors import ArtifactMissing, BackendUnavailable, MinervaError
+from pytest_minerva.markers import matrix_filter
+from pytest_minerva.matrix import Case, Pair
+from pytest_minerva.resolve import ResolvedArtifact
+from pytest_minerva.session import SESSION_KEY, MinervaSession
+
+ARTIFACT_FIXTURES = {
+    "model_artifact": None,
+    "gguf_model": "gguf",
+    "safetensors_model": "safetensors",
+    "mlx_model": "mlx",
+}
+
+
+@dataclass
+class LoadedPair:
+    """Two loaded backends that must agree, and how they relate."""
+
+    pair: Pair
+    reference: Backend
+    candidate: Backend
+    reference_artifact: ResolvedArtifact
+    candidate_artifact: ResolvedArtifact
+
+    @property
+    def same_weights(self) -> bool:
+        """True when both run the same numbers (one side was derived from the other's file)."""
+        return self.reference_artifact.weights_origin().id == self.candidate_artifact.weights_origin().id
+
+    @property
+    def id(self) -> str:
+        return self.pair.id
+
+
+def get_session(config: pytest.Config) -> MinervaSession:
+    try:
+        return config.stash[SESSION_KEY]
+    except KeyError:
+        raise pytest.UsageError(
+            "pytest-minerva is not configured (was the plugin disabled with -p no:minerva?)"
+        ) from None
+
+
+def _skip_param(reason: str) -> Any:
+    return pytest.param(None, marks=pytest.mark.skip(reason=reason), id="no-case")
+
+
+def parametrize(metafunc: pytest.Metafunc) -> None:
+    """Parametrize the matrix fixtures a test function asks for."""
+    wanted = set(metafunc.fixturenames)
+    for mark in metafunc.definition.iter_markers("parametrize"):
+        # A test that parametrizes one of these names itself keeps its own values.
+        names = mark.args[0] if mark.args else mark.kwargs.get("argnames", ())
+        wanted -= {n.strip() for n in names.split(",")} if isinstance(names, str) else set(names)
+    if not wanted & {"backend", "backend_pair", *ARTIFACT_FIXTURES}:
+        return
+    session = get_session(metafunc.config)
+    limits = matrix_filter(metafunc)
+
+    def keep_case(case: Case) -> bool:
+        if limits["models"] is not None and case.model.name not in limits["models"]:
+            return False
+        if limits["formats"] is not None and case.artifact.format not in limits["formats"]:
+            return False
+        return limits["backends"] is None or case.backend is None or case.backend.name in limits["backends"]
+
+    if "backend" in wanted:
+        cases = [c for c in session.cases() if keep_case(c)]
+        params = [pytest.param(c, id=c.id, marks=c.marks()) for c in cases]
+        metafunc.parametrize(
+            "backend",
+            params or [_skip_param(_empty_reason(session, "backend", limits))],
+            indirect=True,
+            scope="session",
+        )
+    if "backend_pair" in wanted:
+        found = [p for p in session.pairs(limits["pairs"]) if keep_case(p.reference) and keep_case(p.candidate)]
+        params = [pytest.param(p, id=p.id, marks=p.marks()) for p in found]
+        metafunc.parametrize(
+            "backend_pair",
+            params or [_skip_param(_empty_reason(session, "backend pair", limits))],
+            indirect=True,
+        )
+    for name, fmt in ARTIFACT_FIXTURES.items():
+        if name in wanted:
+            cases = [c for c in session.artifact_cases([fmt] if fmt else None) if keep_case(c)]
+            params = [pytest.param(c, id=c.id, marks=c.marks()) for c in cases]
+            metafunc.parametrize(
+                name,
+                params or [_skip_param(_empty_reason(session, f"{fmt or 'model'} artifact", limits))],
+                indirect=True,
+                scope="session",
+            )
+
+
+def _empty_reason(session: MinervaSession, what: str, limits: dict[str, list[str] | None]) -> str:
+    models = ", ".join(m.name for m in session.models) or "none"
+    backends = ", ".join(b.name for b in session.backends) or "none"
+    restricted = {k: v for k, v in limits.items() if v is not None}
+    extra = f"; the test restricts {restricted}" if restricted else ""
+    return f"no {what} to run for models [{models}] and backends [{backends}]{extra}"
+
+
+def resolve_or_skip(session: MinervaSession, case: Case) -> ResolvedArtifact:
+    try:
+        return session.resolve(case)
+    except ArtifactMissing as exc:
+        pytest.skip(str(exc))
+    except MinervaError as exc:
+        pytest.fail(str(exc), pytrace=False)
+
+
+def load_or_skip(session: MinervaSession, case: Case) -> Backend:
+    reason = session.check_runnable(case)
+    if reason:
+        pytest.skip(reason)
+    resolve_or_skip(session, case)
+    try:
+        return session.backend(case)
+    except BackendUnavailable as exc:
+        pytest.skip(str(exc))
+    except MinervaError as exc:
+        pytest.fail(str(exc), pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def minerva_session(request: pytest.FixtureRequest) -> MinervaSession:
+    """The run's catalog, resolver, selected models and loaded backends."""
+    return get_session(request.config)
+
+
+@pytest.fixture(scope="session")
+def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
+    """A loaded backend for one matrix case (model x format x backend x device)."""
+    case: Case | None = getattr(request, "param", None)
+    if case is None:
+        pytest.fail("the backend fixture is parametrized by pytest-minerva; it cannot be used unparametrized")
+    session = get_session(request.config)
+    loaded = load_or_skip(session, case)
+    try:
+        yield loaded
+    finally:
+        session.release(case)
+
+
+@pytest.fixture
+def backend_pair(request: pytest.FixtureRequest) -> LoadedPair:
+    """A reference and a candidate backend that must compute the same function."""
+    pair: Pair | None = getattr(request, "param", None)
+    if pair is None:
+        pytest.fail("the backend_pair fixture is parametrized by pytest-minerva; it cannot be used unparametrized")
+    session = get_session(request.config)
+    reference = load_or_skip(session, pair.reference)
+    candidate = load_or_skip(session, pair.candidate)
+    return LoadedPair(pair, reference, candidate, session.resolve(pair.reference), session.resolve(pair.candidate))
+
+
+def _artifact_fixture(request: pytest.FixtureRequest) -> ResolvedArtifact:
+    case: Case | None = getattr(request, "param", None)
+    if case is None:
+        pytest.fail(f"{request.fixturename} is parametrized by pytest-minerva; it cannot be used unparametrized")
+    return resolve_or_skip(get_session(request.config), case)
+
+
+@pytest.fixture(scope="session")
+def model_artifact(request: pytest.FixtureRequest) -> ResolvedArtifact:
+    """A checked artifact for one model x format x quantization."""
+    return _artifact_fixture(request)
+
+
+@pytest.fixture(scope="session")
+def gguf_model(request: pytest.FixtureRequest) -> ResolvedArtifact:
+    """A checked GGUF file, one per model and quantization."""
+    return _artifact_fixture(request)
+
+
+@pytest.fixture(scope="session")
+def safetensors_model(request: pytest.FixtureRequest) -> ResolvedArtifact:
+    """A checked SafeTensors directory (derived from the GGUF when the model has none)."""
+    return _artifact_fixture(request)
+
+
+@pytest.fixture(scope="session")
+def mlx_model(request: pytest.FixtureRequest) -> ResolvedArtifact:
+    """A checked MLX directory (derived from SafeTensors when the model has none)."""
+    return _artifact_fixture(request)

@@ -1,0 +1,76 @@
+"""pytest entry point: hook implementations and option registration only.
+
+The logic lives in the modules these hooks call: options, markers, session,
+fixtures, matrix, resolve, backends, equivalence.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from pytest_minerva import fixtures as _fixtures
+from pytest_minerva import hookspecs, markers, options
+from pytest_minerva.errors import MinervaError
+from pytest_minerva.session import SESSION_KEY, MinervaSession
+
+ENTRY_POINT_GROUP = "pytest_minerva"
+
+
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    pluginmanager.add_hookspecs(hookspecs)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    options.register(parser)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_configure(config: pytest.Config) -> None:
+    config.pluginmanager.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
+    config.pluginmanager.register(_fixtures, "minerva-fixtures")
+    settings = options.Settings.from_config(config)
+    try:
+        session = MinervaSession.create(settings, hook=config.hook)
+    except MinervaError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    config.stash[SESSION_KEY] = session
+    markers.register(config, session.registry)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    session = config.stash.get(SESSION_KEY, None)
+    if session is not None:
+        session.close()
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    session = config.stash.get(SESSION_KEY, None)
+    return session.report_header() if session is not None else []
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    _fixtures.parametrize(metafunc)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    markexpr = str(config.getoption("markexpr", "") or "")
+    for item in items:
+        opt_in = markers.opt_in_skip_reason(item, markexpr)
+        if opt_in:
+            item.add_marker(pytest.mark.skip(reason=opt_in))
+    session = config.stash.get(SESSION_KEY, None)
+    if session is None:
+        return
+    for item in items:
+        reason = markers.hardware_skip_reason(item, session.hardware)
+        if reason:
+            item.add_marker(pytest.mark.skip(reason=reason))
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    session = config.stash.get(SESSION_KEY, None)
+    if session is None or not session.used:
+        return
+    terminalreporter.section("minerva artifacts")
+    for used in session.used.values():
+        terminalreporter.write_line(used.artifact.describe())

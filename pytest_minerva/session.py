@@ -1,0 +1,215 @@
+"""Per-run state: catalog, backends, resolver, selected matrix, and loaded backends.
+
+One :class:`MinervaSession` lives in ``config.stash[SESSION_KEY]``. It is also what the
+``minerva`` command line builds, without pytest, from the same hooks.
+
+Backends are loaded through :meth:`MinervaSession.build_backend`, which applies the
+guards of :mod:`pytest_minerva.isolation`: a memory check before the load, a time
+limit on the load and on every generation, and a worker process with ``--minerva-isolate``.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from pytest_minerva.backends import BackendRegistry, BackendSpec, builtin_registry
+from pytest_minerva.backends.base import Backend, LoadOptions
+from pytest_minerva.catalog import Catalog, ModelSpec
+from pytest_minerva.derive.cache import ArtifactCache, default_cache_dir
+from pytest_minerva.hardware import Hardware, detect
+from pytest_minerva.isolation import IsolatedBackend, Limits, artifact_bytes, check_memory, keep_stderr, load_guarded
+from pytest_minerva.matrix import Case, Pair, artifact_cases, backend_cases, pairs
+from pytest_minerva.options import Settings
+from pytest_minerva.resolve import ResolvedArtifact, Resolver, select_models
+
+SESSION_KEY = pytest.StashKey["MinervaSession"]()
+MAX_LOADED_BACKENDS = 4
+
+
+@dataclass
+class UsedArtifact:
+    artifact: ResolvedArtifact
+    tests: int = 0
+
+
+@dataclass
+class MinervaSession:
+    settings: Settings
+    catalog: Catalog
+    registry: BackendRegistry
+    resolver: Resolver
+    hook: Any = None
+    models: list[ModelSpec] = field(default_factory=list)
+    backends: list[BackendSpec] = field(default_factory=list)
+    used: dict[str, UsedArtifact] = field(default_factory=dict)
+    _loaded: OrderedDict[tuple[str, str, str], Backend] = field(default_factory=OrderedDict)
+    _hardware: Hardware | None = None
+
+    @classmethod
+    def create(cls, settings: Settings, hook: Any = None) -> MinervaSession:
+        """Build the session; ``hook`` is a pluggy hook relay carrying the minerva hookspecs."""
+        keep_stderr()
+        catalog = Catalog.load()
+        registry = builtin_registry()
+        if hook is not None:
+            hook.pytest_minerva_register_models(catalog=catalog)
+            hook.pytest_minerva_register_backends(registry=registry)
+        cache = ArtifactCache(settings.cache_dir or default_cache_dir())
+        resolver = Resolver(
+            cache,
+            model_dir=settings.model_dir,
+            derive=settings.derive,
+            hook=hook.pytest_minerva_resolve_model if hook is not None else None,
+        )
+        session = cls(settings, catalog, registry, resolver, hook)
+        session.models = select_models(catalog, settings.models or catalog.defaults())
+        if settings.backends:
+            session.backends = [registry.get(name) for name in settings.backends]
+        else:
+            session.backends = list(registry)
+        return session
+
+    @property
+    def hardware(self) -> Hardware:
+        if self._hardware is None:
+            self._hardware = detect()
+        return self._hardware
+
+    def devices_for(self, backend: BackendSpec) -> list[str]:
+        """Devices to run ``backend`` on: explicit ones as asked (absent ones skip later), or auto."""
+        explicit = [d for d in self.settings.devices if d != "auto"]
+        if explicit:
+            return [d for d in explicit if d in backend.devices] or explicit[:0]
+        return [d for d in self.hardware.available_devices() if d in backend.devices]
+
+    def cases(self, formats: list[str] | None = None, backends: list[str] | None = None) -> list[Case]:
+        specs = [b for b in self.backends if backends is None or b.name in backends]
+        devices = {b.name: self.devices_for(b) for b in specs}
+        return backend_cases(self.models, specs, devices, formats)
+
+    def artifact_cases(self, formats: list[str] | None = None) -> list[Case]:
+        return artifact_cases(self.models, formats)
+
+    def pairs(self, kinds: list[str] | None = None) -> list[Pair]:
+        all_cases = backend_cases(self.models, self.backends, {b.name: self.devices_for(b) for b in self.backends})
+        return pairs(all_cases, kinds) if kinds else pairs(all_cases)
+
+    def resolve(self, case: Case) -> ResolvedArtifact:
+        artifact = self.resolver.resolve(case.model, case.artifact)
+        used = self.used.setdefault(artifact.id, UsedArtifact(artifact))
+        used.tests += 1
+        return artifact
+
+    def load_options(self, device: str) -> LoadOptions:
+        return LoadOptions(device=device, threads=self.settings.threads or default_threads())
+
+    def check_runnable(self, case: Case) -> str | None:
+        """Why ``case`` cannot run here (absent device or library), or ``None``."""
+        assert case.backend is not None and case.device is not None
+        if not self.hardware.has(case.device):
+            return f"{case.id}: {self.hardware.missing_reason(case.device)}"
+        return case.backend.unavailable_reason()
+
+    def limits(self, artifact: ResolvedArtifact) -> Limits:
+        """Time limits for loading and running ``artifact``: ``--minerva-timeout``, or scaled to its size."""
+        timeout: float | None = self.settings.timeout_s
+        return Limits.for_size(artifact_bytes(artifact.path), timeout)
+
+    def build_backend(self, case: Case, artifact: ResolvedArtifact, options: LoadOptions) -> Backend:
+        """Load ``artifact`` for ``case`` under the run's guards.
+
+        Skips (:class:`~pytest_minerva.isolation.NotEnoughMemory`, a BackendUnavailable)
+        when the load cannot fit in free memory. With ``--minerva-isolate`` the backend
+        runs in a worker process and the ``pytest_minerva_make_backend`` hooks of
+        entry-point plugins run there (a conftest's hook cannot); otherwise it runs here,
+        with time limits on the load and on each generation.
+        """
+        assert case.backend is not None
+        spec = case.backend
+        what = f"{spec.name} on {options.device} with {artifact.id}"
+        needed = check_memory(what, spec.name, artifact, options)
+        limits = self.limits(artifact)
+        if self.settings.isolate:
+            return IsolatedBackend(spec, artifact, options, limits, what=what, needed=needed)
+
+        def build() -> Backend:
+            built = None
+            if self.hook is not None:
+                built = self.hook.pytest_minerva_make_backend(spec=spec, artifact=artifact, options=options)
+            return built if built is not None else spec.build(artifact, options)
+
+        return load_guarded(what, build, limits, needed=needed, device=options.device)
+
+    def backend(self, case: Case) -> Backend:
+        """A loaded backend for ``case``, shared between tests; at most a few stay loaded."""
+        assert case.backend is not None and case.device is not None
+        key = (case.model.name, case.artifact.variant, f"{case.backend.name}@{case.device}")
+        if key in self._loaded:
+            self._loaded.move_to_end(key)
+            return self._loaded[key]
+        artifact = self.resolve(case)
+        built = self.build_backend(case, artifact, self.load_options(case.device))
+        self._loaded[key] = built
+        while len(self._loaded) > MAX_LOADED_BACKENDS:
+            _, old = self._loaded.popitem(last=False)
+            old.close()
+        return built
+
+    def release(self, case: Case) -> None:
+        assert case.backend is not None
+        key = (case.model.name, case.artifact.variant, f"{case.backend.name}@{case.device}")
+        loaded = self._loaded.pop(key, None)
+        if loaded is not None:
+            loaded.close()
+
+    def close(self) -> None:
+        while self._loaded:
+            _, backend = self._loaded.popitem()
+            try:
+                backend.close()
+            except Exception:  # a failing close must not hide the test results
+                continue
+
+    def versions(self) -> dict[str, str]:
+        """Versions of the backend libraries, read from package metadata (nothing is imported)."""
+        found = {"pytest-minerva": _version("pytest-minerva")}
+        for spec in self.backends:
+            found.update(spec.versions())
+        return {k: v for k, v in found.items() if v}
+
+    def report_header(self) -> list[str]:
+        lines = [f"minerva: hardware: {self.hardware.header_line()}"]
+        names = ", ".join(m.name for m in self.models) or "none"
+        lines.append(f"minerva: models: {names}; cache: {self.resolver.cache.root}")
+        backends = []
+        for spec in self.backends:
+            versions = spec.versions()
+            reason = spec.unavailable_reason()
+            state = "not installed" if reason else ", ".join(f"{k} {v}" for k, v in versions.items()) or "installed"
+            devices = "/".join(self.devices_for(spec)) or "no device"
+            backends.append(f"{spec.name} ({state}; {devices})")
+        lines.append(f"minerva: backends: {'; '.join(backends)}")
+        return lines
+
+
+def _version(dist: str) -> str:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return ""
+
+
+def default_threads() -> int:
+    """Physical cores (hyper-threads slow llama.cpp down), at least 1."""
+    try:
+        import psutil
+
+        return max(1, psutil.cpu_count(logical=False) or os.cpu_count() or 1)
+    except ImportError:
+        return max(1, os.cpu_count() or 1)

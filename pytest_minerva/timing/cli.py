@@ -1,0 +1,305 @@
+"""``minerva bench``: time real generations on every backend that can load a model.
+
+The command loads one backend at a time, runs the scenarios (warm-up, then timed
+runs), measures memory, the KV cache and the roofline, closes the backend, and moves
+on. It prints markdown tables and writes the JSON document and CSV on request.
+Backends that cannot run here are listed with the reason; a backend that fails part
+way (for example stops before the requested token count) is reported as an error
+and makes the exit status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import Any, TextIO
+
+from pytest_minerva.errors import ArtifactMissing, BackendUnavailable, MinervaError
+from pytest_minerva.options import backend_name, device_name, model_name, positive_int
+
+
+def non_negative_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an integer") from None
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"{value!r} must be 0 or more")
+    return number
+
+
+def scenario_name(value: str) -> str:
+    from pytest_minerva.timing import scenarios
+
+    try:
+        return scenarios.get(value.strip()).name
+    except MinervaError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_commands(subparsers: argparse._SubParsersAction) -> None:
+    """Register ``bench`` on the ``minerva`` command line."""
+    from pytest_minerva.cli import _add_common
+
+    bench = subparsers.add_parser(
+        "bench",
+        help="time generation on real models: TTFT, TpT, throughput, memory, roofline",
+        description=__doc__.splitlines()[0] if __doc__ else None,
+    )
+    bench.add_argument(
+        "--model",
+        required=True,
+        type=model_name,
+        metavar="NAME",
+        help="catalog name, alias, or path to a .gguf file or model directory",
+    )
+    bench.add_argument(
+        "--backend",
+        action="append",
+        type=backend_name,
+        metavar="NAME",
+        help="backend to run; repeatable or comma-separated (default: every registered one)",
+    )
+    bench.add_argument(
+        "--device",
+        action="append",
+        type=device_name,
+        metavar="DEVICE",
+        help="cpu, cuda, metal or auto; repeatable (default: auto, every device found here)",
+    )
+    bench.add_argument(
+        "--format",
+        action="append",
+        choices=["gguf", "safetensors", "mlx"],
+        help="only artifacts of this format; repeatable (default: every format a backend loads)",
+    )
+    bench.add_argument(
+        "--scenario",
+        action="append",
+        type=scenario_name,
+        metavar="NAME",
+        help="short, medium, code, long or sweep-N; repeatable (default: the four named ones)",
+    )
+    bench.add_argument("--runs", type=positive_int, default=5, metavar="N", help="timed runs per scenario (default: 5)")
+    bench.add_argument(
+        "--warmup",
+        type=non_negative_int,
+        default=1,
+        metavar="N",
+        help="untimed warm-up runs per scenario (default: 1)",
+    )
+    bench.add_argument(
+        "--threads",
+        type=positive_int,
+        metavar="N",
+        help="CPU threads per backend (default: the number of physical cores)",
+    )
+    bench.add_argument(
+        "--sweep",
+        action="store_true",
+        help="add the context-length sweep: prompts of 32, 64, ..., 2048 tokens "
+        "(up to the model's context), 16 generated tokens each",
+    )
+    bench.add_argument(
+        "--no-kv-probe",
+        dest="kv_probe",
+        action="store_false",
+        help="skip the extra untimed generation that measures KV-cache growth",
+    )
+    bench.add_argument("--json", metavar="PATH", help="write the results document (schema version 1) here")
+    bench.add_argument("--csv", metavar="PATH", help="write one row per timed run here")
+    _add_common(bench)
+    bench.set_defaults(func=cmd_bench)
+
+
+def _split(values: Sequence[str] | None) -> list[str]:
+    return [part.strip() for value in values or [] for part in value.split(",") if part.strip()]
+
+
+def _unavailable(case: Any, reason: str, status: str = "unavailable") -> dict[str, Any]:
+    reason = reason.removeprefix(f"{case.id}: ")
+    return {
+        "case_id": case.id,
+        "backend": case.backend.name,
+        "model": case.model.name,
+        "format": case.artifact.format,
+        "quant": case.artifact.quant,
+        "device": case.device,
+        "status": status,
+        "reason": reason,
+    }
+
+
+def _hook() -> Any:
+    """The hook relay the ``minerva`` command line uses (hookspecs plus ``pytest_minerva`` entry points)."""
+    from pytest_minerva.cli import standalone_hook
+
+    return standalone_hook()
+
+
+def _session(args: argparse.Namespace) -> Any:
+    from pytest_minerva.options import Settings
+    from pytest_minerva.session import MinervaSession
+
+    settings = Settings(
+        models=[args.model],
+        backends=args.backend,
+        cache_dir=args.cache_dir,
+        model_dir=args.model_dir,
+        threads=args.threads,
+        devices=_split(args.device) or ["auto"],
+    )
+    return MinervaSession.create(settings, hook=_hook())
+
+
+def _why_not(session: Any, case: Any) -> dict[str, Any] | None:
+    """The backends entry of a case that cannot run here (device, library, model file), or None."""
+    reason = session.check_runnable(case)
+    if reason:
+        return _unavailable(case, reason)
+    try:
+        session.resolve(case)
+    except ArtifactMissing as exc:
+        return _unavailable(case, str(exc))
+    except MinervaError as exc:
+        return _unavailable(case, str(exc), "error")
+    return None
+
+
+def _model_context(session: Any, model: Any, cases: Sequence[Any]) -> int | None:
+    """The model's context length: from the catalog, else from the first of its files found here."""
+    if model.context_length:
+        return int(model.context_length)
+    for case in cases:
+        try:
+            artifact = session.resolve(case)
+        except MinervaError:
+            continue
+        if artifact.summary is not None and artifact.summary.context_length:
+            return int(artifact.summary.context_length)
+    return None
+
+
+def _benchmark_entry(result: Any, scenario: Any) -> dict[str, Any]:
+    return {
+        "name": f"{result.case_id}::{scenario.scenario.name}",
+        "case_id": result.case_id,
+        "backend": result.backend,
+        "model": result.model,
+        "format": result.format,
+        "quant": result.quant,
+        "device": result.device,
+        **scenario.as_dict(),
+    }
+
+
+def cmd_bench(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    from pytest_minerva.session import default_threads
+    from pytest_minerva.storage import results
+    from pytest_minerva.timing import harness, report, scenarios
+    from pytest_minerva.timing.roofline import probe_bandwidth
+
+    out = out if out is not None else sys.stdout
+    args.backend = _split(args.backend)
+    session = _session(args)
+    model = session.models[0]
+    cases = session.cases(formats=args.format or None)
+    if not cases:
+        raise MinervaError(
+            f"no backend in [{', '.join(b.name for b in session.backends)}] loads a format of {model.name}"
+        )
+    model_context = _model_context(session, model, cases)
+    chosen = [scenarios.get(name) for name in dict.fromkeys(args.scenario or scenarios.SCENARIOS)]
+    if args.sweep:
+        chosen += [s for s in scenarios.sweep(model_context or 2048) if s not in chosen]
+    too_long = [s.name for s in chosen if model_context and s.context_tokens > model_context]
+    if too_long:
+        raise MinervaError(f"{model.name}: scenarios {', '.join(too_long)} exceed its context of {model_context}")
+    threads = session.settings.threads or default_threads()
+    bandwidth = None
+    n_ctx = harness.needed_context(chosen, model_context)
+
+    from tqdm import tqdm
+
+    progress = tqdm(
+        total=len(cases) * len(chosen) * (args.runs + args.warmup),
+        unit="run",
+        disable=not out.isatty(),
+        file=sys.stderr,
+        leave=False,
+    )
+    backends: list[dict[str, Any]] = []
+    benchmarks: list[dict[str, Any]] = []
+    per_case = len(chosen) * (args.runs + args.warmup)
+    try:
+        for case in cases:
+            progress.set_description(case.id)
+            skipped = _why_not(session, case)
+            if skipped is not None:
+                backends.append(skipped)
+                progress.update(per_case)
+                continue
+            if bandwidth is None:
+                # Before any backend loads: the probe's buffer must not count in a backend's peak RSS.
+                bandwidth = probe_bandwidth(threads)
+            try:
+                loaded = harness.load_backend(session, case, n_ctx)
+            except BackendUnavailable as exc:
+                backends.append(_unavailable(case, str(exc)))
+                progress.update(per_case)
+                continue
+            except Exception as exc:  # a crash in one engine must not lose the others' results
+                backends.append(_unavailable(case, f"failed to load: {type(exc).__name__}: {exc}", "error"))
+                progress.update(per_case)
+                continue
+            try:
+                result = harness.bench_backend(
+                    loaded,
+                    case,
+                    chosen,
+                    runs=args.runs,
+                    warmup=args.warmup,
+                    bandwidth_gb_per_s=bandwidth.gb_per_s,
+                    kv_probe=args.kv_probe,
+                    on_run=lambda: progress.update(1),
+                )
+            except Exception as exc:  # as above: report it and go on to the next backend
+                backends.append(_unavailable(case, f"failed while running: {type(exc).__name__}: {exc}", "error"))
+                continue
+            finally:
+                loaded.backend.close()
+            backends.append(result.as_dict())
+            benchmarks += [_benchmark_entry(result, scenario) for scenario in result.scenarios]
+    finally:
+        progress.close()
+
+    settings = {
+        "model": model.name,
+        "runs": args.runs,
+        "warmup": args.warmup,
+        "threads": threads,
+        "n_ctx": n_ctx,
+        "model_context": model_context,
+        "scenarios": [s.name for s in chosen],
+        "sweep": bool(args.sweep),
+        "kv_probe": bool(args.kv_probe),
+    }
+    document = results.make_document(
+        settings=settings,
+        backends=backends,
+        benchmarks=benchmarks,
+        versions=session.versions(),
+        bandwidth=bandwidth.as_dict() if bandwidth is not None else None,
+    )
+    out.write(report.markdown(document))
+    if args.json:
+        path = results.write_json(args.json, document)
+        out.write(f"\nwrote {path}\n")
+    if args.csv:
+        path = results.write_csv(args.csv, document)
+        out.write(f"wrote {path}\n")
+    if not any(b["status"] == "ok" for b in backends):
+        print("minerva: bench: no backend could run this model here (see 'Not run' above)", file=sys.stderr)
+        return 1
+    return 0 if all(b["status"] != "error" for b in backends) else 1

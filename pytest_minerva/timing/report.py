@@ -1,0 +1,223 @@
+"""Markdown tables of a benchmark results document, in the layout of the reference reports.
+
+Everything here renders a document as :mod:`pytest_minerva.storage.results` stores it,
+so a saved JSON file prints the same tables as the run that wrote it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+LEGEND = (
+    "Cells are median [interquartile range] over {runs} timed runs after {warmup} warm-up run(s) per "
+    "scenario; ITL percentiles pool every inter-token latency of those runs. Standard deviations and "
+    "every run are in the JSON."
+)
+
+
+def number(value: float | None) -> str:
+    """A figure with about three significant digits: 1234, 123, 12.3, 1.23, 0.123."""
+    if value is None:
+        return "-"
+    magnitude = abs(value)
+    if magnitude >= 100:
+        return f"{value:.0f}"
+    if magnitude >= 10:
+        return f"{value:.1f}"
+    if magnitude >= 1:
+        return f"{value:.2f}"
+    return f"{value:.3f}"
+
+
+def size(n_bytes: float | None) -> str:
+    if n_bytes is None:
+        return "-"
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if abs(n_bytes) >= scale:
+            return f"{n_bytes / scale:.1f} {unit}"
+    return f"{n_bytes:.0f} B"
+
+
+def _cell(stats: Mapping[str, Any], figure: str) -> str:
+    entry = stats.get(figure)
+    if not entry:
+        return "-"
+    return f"{number(entry['median'])} [{number(entry['iqr'])}]"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines.extend("| " + " | ".join(row) + " |" for row in rows)
+    return lines
+
+
+def scenario_table(benchmarks: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The per-backend table: one row per scenario."""
+    header = (
+        "Scenario",
+        "Prompt",
+        "TTFT ms",
+        "TpT ms",
+        "ITL p90/p99 ms",
+        "Throughput t/s",
+        "Prefill t/s",
+        "Decode t/s",
+        "Generated",
+        "Runs",
+    )
+    rows = []
+    for bench in benchmarks:
+        name, prompt = bench["scenario"], str(bench["prompt_tokens"])
+        if bench["error"] is not None:
+            rows.append((name, prompt, f"error: {bench['error']}", *["-"] * 7))
+            continue
+        stats, itl = bench["stats"], bench.get("itl_ms") or {}
+        rows.append(
+            (
+                name,
+                prompt,
+                _cell(stats, "ttft_ms"),
+                _cell(stats, "tpt_ms"),
+                f"{number(itl.get('p90'))} / {number(itl.get('p99'))}",
+                _cell(stats, "throughput_tps"),
+                _cell(stats, "prefill_tps"),
+                _cell(stats, "decode_tps"),
+                str(bench["generate_tokens"]),
+                str(len(bench["runs"])),
+            )
+        )
+    return _table(header, rows)
+
+
+def sweep_table(benchmarks: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Context-length scaling: TTFT and decode speed per prompt length."""
+    header = ("Context", "TTFT ms", "TpT ms", "Prefill t/s", "Decode t/s", "Generated", "Runs")
+    rows = []
+    for bench in benchmarks:
+        if bench["error"] is not None:
+            rows.append((str(bench["prompt_tokens"]), f"error: {bench['error']}", "-", "-", "-", "-", "-"))
+            continue
+        stats = bench["stats"]
+        rows.append(
+            (
+                str(bench["prompt_tokens"]),
+                _cell(stats, "ttft_ms"),
+                _cell(stats, "tpt_ms"),
+                _cell(stats, "prefill_tps"),
+                _cell(stats, "decode_tps"),
+                str(bench["generate_tokens"]),
+                str(len(bench["runs"])),
+            )
+        )
+    return _table(header, rows)
+
+
+def breakdown_table(bench: Mapping[str, Any]) -> list[str]:
+    rows = [(row["operation"], number(row["median_ms"]), row["source"]) for row in bench.get("breakdown") or []]
+    return _table(("Operation", "Median ms", "Source"), rows) if rows else []
+
+
+def roofline_line(backend: Mapping[str, Any], bandwidth: Mapping[str, Any] | None) -> str | None:
+    roof, weights = backend.get("roofline"), backend.get("weights")
+    if not roof or not weights:
+        return None
+    method = f" ({bandwidth['method']})" if bandwidth else ""
+    return (
+        f"Roofline: {number(roof['bandwidth_gb_per_s'])} GB/s measured read bandwidth{method} / "
+        f"{size(roof['bytes_per_token'])} read per token (computed: {weights['method']}) = ceiling "
+        f"{number(roof['ceiling_tokens_per_s'])} t/s; decode {number(roof['decode_tokens_per_s'])} t/s "
+        f"({backend.get('roofline_scenario')}) is {roof['fraction'] * 100:.1f}% of it."
+    )
+
+
+def fidelity_line(backend: Mapping[str, Any]) -> str | None:
+    fid = backend.get("fidelity")
+    if not fid:
+        return None
+    sample = fid.get("engine_sample_ms_per_token")
+    sampled = f"; llama.cpp's sampler took {number(sample)} ms/token of that" if sample is not None else ""
+    counts = "" if fid["counts_match"] else " (WARNING: llama.cpp's token counts differ from the stream's)"
+    return (
+        f"llama.cpp fidelity over {fid['runs']} timed runs: decode {number(fid['harness_decode_tps'])} t/s "
+        f"measured by the harness vs {number(fid['engine_decode_tps'])} t/s by llama.cpp's t_eval_ms, "
+        f"overhead {fid['decode_overhead'] * 100:+.2f}%{sampled}; "
+        f"prefill {number(fid['harness_prefill_tps'])} vs {number(fid['engine_prefill_tps'])} t/s, "
+        f"overhead {fid['prefill_overhead'] * 100:+.2f}%{counts}."
+    )
+
+
+def memory_line(backend: Mapping[str, Any]) -> str:
+    mem = backend.get("memory") or {}
+    parts = [f"load {number(backend.get('load_s'))} s (+{size(mem.get('load_rss_bytes'))} RSS)"]
+    if mem.get("peak_rss_bytes") is not None:
+        parts.append(f"peak RSS {size(mem['peak_rss_bytes'])} ({mem.get('peak_rss_method')})")
+    if mem.get("device_peak_bytes") is not None:
+        parts.append(f"peak device memory {size(mem['device_peak_bytes'])} ({mem.get('device_peak_method')})")
+    return "Memory: " + "; ".join(parts) + "."
+
+
+def kv_line(backend: Mapping[str, Any]) -> str | None:
+    kv = backend.get("kv_cache")
+    if not kv:
+        return None
+    parts = []
+    if kv.get("computed_bytes_per_token") is not None:
+        parts.append(f"{size(kv['computed_bytes_per_token'])}/token {kv['computed_formula']}")
+    if kv.get("measured_bytes_per_token") is not None:
+        parts.append(f"{size(kv['measured_bytes_per_token'])}/token measured: {kv['measured_method']}")
+    if kv.get("note"):
+        parts.append(kv["note"])
+    return "KV cache: " + "; ".join(parts) + "." if parts else None
+
+
+def backend_title(backend: Mapping[str, Any]) -> str:
+    info = backend.get("info") or {}
+    threads = f", {info['threads']} threads" if info.get("threads") else ""
+    version = f" {info['version']}" if info.get("version") else ""
+    quant = f" {backend['quant']}" if backend.get("quant") else ""
+    return (
+        f"### {backend['backend']}{version}: {backend['model']} {backend['format']}{quant} "
+        f"on {backend['device']}{threads}"
+    )
+
+
+def markdown(document: Mapping[str, Any]) -> str:
+    """The whole report: per backend a table and its memory, KV, roofline and fidelity lines;
+    then the cases that did not run, with the reason."""
+    settings = document.get("settings", {})
+    machine = document.get("machine_info", {})
+    lines = [f"## minerva bench: {settings.get('model', '?')}", ""]
+    cpu = machine.get("cpu_model", "unknown CPU")
+    load = machine.get("load_average")
+    load_text = f"; load average {', '.join(f'{x:.2f}' for x in load)} at start" if load else ""
+    lines.append(f"Machine: {cpu}, {machine.get('logical_cores', '?')} logical cores{load_text}.")
+    lines.append(LEGEND.format(runs=settings.get("runs", "?"), warmup=settings.get("warmup", "?")))
+    bandwidth = document.get("bandwidth")
+    unavailable = []
+    for backend in document.get("backends", []):
+        if backend["status"] == "unavailable":
+            unavailable.append(backend)
+            continue
+        benches = [b for b in document.get("benchmarks", []) if b["case_id"] == backend["case_id"]]
+        named = [b for b in benches if not b["scenario"].startswith("sweep-")]
+        swept = [b for b in benches if b["scenario"].startswith("sweep-")]
+        lines += ["", backend_title(backend), ""]
+        if backend["status"] == "error" and not benches:
+            lines.append(f"Error: {backend['reason']}")
+            continue
+        if named:
+            lines += scenario_table(named)
+        if swept:
+            lines += ["", "Context-length sweep:", "", *sweep_table(swept)]
+        lines += ["", memory_line(backend)]
+        for extra in (kv_line(backend), roofline_line(backend, bandwidth), fidelity_line(backend)):
+            if extra:
+                lines.append(extra)
+        longest = max((b for b in named if b["error"] is None), key=lambda b: b["generate_tokens"], default=None)
+        if longest is not None:
+            lines += ["", f"Timing breakdown ({longest['scenario']}):", "", *breakdown_table(longest)]
+    if unavailable:
+        lines += ["", "Not run:"]
+        lines += [f"- {b['case_id']}: {b['reason']}" for b in unavailable]
+    return "\n".join(lines) + "\n"

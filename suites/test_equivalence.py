@@ -1,0 +1,56 @@
+"""The same model, run by different engines or at different precisions, computes the same thing.
+
+Pairs (see :func:`pytest_minerva.matrix.pairs`): transformers on the SafeTensors against
+llama.cpp on the GGUF, transformers on the GGUF and mlx_lm on MLX; and for models with several
+GGUF precisions, the most precise against each other one. Each pair is held to the calibrated
+profile of its precisions (``fixtures/tolerances.toml``; bounds are measurements times a stated
+factor, written by ``minerva calibrate``), and a failure explains itself: which metric, where,
+the prompt text and both sides' top tokens.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from pytest_minerva.equivalence import assert_equivalent
+from pytest_minerva.equivalence.runner import greedy, profile_for, prompts
+from pytest_minerva.fixtures import LoadedPair
+from suites.conftest import mark_known_divergence
+
+
+def _profile(backend_pair: LoadedPair):  # type: ignore[no-untyped-def]
+    pair = backend_pair.pair
+    return profile_for(pair.reference, pair.candidate, backend_pair.same_weights)
+
+
+def test_logits_agree(backend_pair: LoadedPair, request: pytest.FixtureRequest) -> None:
+    mark_known_divergence(request, backend_pair.pair)
+    profile = _profile(backend_pair)
+    ref, cand = backend_pair.reference, backend_pair.candidate
+    for prompt in prompts(ref):
+        with_greedy = "greedy_prefix" in profile.metrics
+        assert_equivalent(
+            ref.logits(prompt.ids),
+            cand.logits(prompt.ids),
+            profile=profile,
+            tokens=prompt.ids,
+            detokenize=ref.detokenize,
+            reference_generation=greedy(ref, prompt.ids) if with_greedy else None,
+            candidate_generation=greedy(cand, prompt.ids) if with_greedy else None,
+            reference_name=backend_pair.pair.reference.id,
+            candidate_name=backend_pair.pair.candidate.id,
+        )
+
+
+@pytest.mark.minerva(pairs=["cross-backend"])
+def test_same_weights_start_the_same_continuation(backend_pair: LoadedPair) -> None:
+    """Engines running the very same weights agree on the first greedy token of every prompt."""
+    if not backend_pair.same_weights:
+        pytest.skip("the two sides run different weights")
+    ref, cand = backend_pair.reference, backend_pair.candidate
+    for prompt in prompts(ref):
+        first_ref, first_cand = greedy(ref, prompt.ids, 1), greedy(cand, prompt.ids, 1)
+        assert first_ref == first_cand, (
+            f"{prompt.name}: {backend_pair.pair.reference.id} continues with {ref.detokenize(first_ref)!r}, "
+            f"{backend_pair.pair.candidate.id} with {cand.detokenize(first_cand)!r}"
+        )

@@ -1,0 +1,404 @@
+"""The published benchmark history, opened in a real browser.
+
+Real asv results of two commits recorded on this machine (``.asv/results``; with ``-m asv`` the
+test records them itself) go through the publish workflow's own ``collect`` steps, run here
+by ``scripts/run_workflow_steps.py`` against a local bare "origin": two runs, one commit's
+results each, as two pushes to main would. The second run starts from the ``asv-results``
+branch the first pushed, so the site it builds shows the history of both. Headless Chromium
+then opens that site over http on loopback and checks the benchmark list, one graph's points
+and the console.
+
+asv's pages load jQuery, flot and bootstrap from public CDNs. Nothing outside loopback is
+reachable here (the browser is told so), so the test serves the same libraries, fetched once
+from the npm registry, and points the page's ``<script>`` tags at them.
+
+Set ``MINERVA_SITE_SCREENSHOT=docs/asv-site.png`` to refresh the README's screenshot.
+"""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+RUNNER = REPO / "scripts" / "run_workflow_steps.py"
+PUBLISH = REPO / ".github" / "workflows" / "publish.yml"
+VENV_BIN = Path(sys.executable).parent
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--window-size=1400,800",
+    "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
+)
+#: Every external URL in asv's index.html -> (npm package, file inside it) serving the same library.
+CDN_FILES = {
+    "https://code.jquery.com/jquery-3.3.1.min.js": ("jquery@3.3.1", "dist/jquery.min.js"),
+    "https://cdnjs.cloudflare.com/ajax/libs/flot/0.8.3/jquery.flot.min.js": ("flot@0.8.3", "jquery.flot.js"),
+    "https://cdnjs.cloudflare.com/ajax/libs/flot/0.8.3/jquery.flot.time.min.js": ("flot@0.8.3", "jquery.flot.time.js"),
+    "https://cdnjs.cloudflare.com/ajax/libs/flot/0.8.3/jquery.flot.selection.min.js": (
+        "flot@0.8.3",
+        "jquery.flot.selection.js",
+    ),
+    "https://cdnjs.cloudflare.com/ajax/libs/flot/0.8.3/jquery.flot.categories.min.js": (
+        "flot@0.8.3",
+        "jquery.flot.categories.js",
+    ),
+    "https://cdn.jsdelivr.net/npm/flot-orderbars@1.0.0/js/jquery.flot.orderBars.js": (
+        "flot-orderbars@1.0.0",
+        "js/jquery.flot.orderBars.js",
+    ),
+    # npm has no 1.0.1; 1.1.3 is the same plugin (asv calls only $.fn.stupidtable).
+    "https://cdnjs.cloudflare.com/ajax/libs/stupidtable/1.0.1/stupidtable.min.js": (
+        "stupid-table-plugin@1.1.3",
+        "stupidtable.min.js",
+    ),
+    "https://cdnjs.cloudflare.com/ajax/libs/blueimp-md5/2.19.0/js/md5.min.js": ("blueimp-md5@2.19.0", "js/md5.min.js"),
+    "https://cdn.jsdelivr.net/npm/bootstrap@3.1.1/dist/js/bootstrap.min.js": (
+        "bootstrap@3.1.1",
+        "dist/js/bootstrap.min.js",
+    ),
+    "https://cdn.jsdelivr.net/npm/bootstrap@3.1.1/dist/css/bootstrap.min.css": (
+        "bootstrap@3.1.1",
+        "dist/css/bootstrap.min.css",
+    ),
+}
+FIGURES = ("track_ttft_ms", "track_tpot_ms", "track_decode_tps", "track_prefill_tps")
+
+pytestmark = pytest.mark.slow
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=True).stdout.strip()
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """asv results of two commits from one machine: the files the publish job would download."""
+
+    machine: str
+    commits: tuple[str, str]
+    files: dict[str, list[Path]]  # commit -> its result files
+    machine_json: Path
+    benchmarks_json: Path
+
+
+def find_recorded(results: Path, repo: Path) -> Recorded | None:
+    """Two commits of ``repo`` with results from one machine in ``results``, oldest first."""
+    if not (results / "benchmarks.json").exists():
+        return None
+    order = git(repo, "rev-list", "--reverse", "main").split()
+    for machine_dir in sorted(p for p in results.iterdir() if (p / "machine.json").exists()):
+        by_commit: dict[str, list[Path]] = {}
+        for path in sorted(machine_dir.glob("*.json")):
+            if path.name == "machine.json":
+                continue
+            commit = json.loads(path.read_text(encoding="utf-8")).get("commit_hash", "")
+            if commit in order:
+                by_commit.setdefault(commit, []).append(path)
+        if len(by_commit) >= 2:
+            first, second = sorted(by_commit, key=order.index)[-2:]
+            return Recorded(
+                machine_dir.name,
+                (first, second),
+                {c: by_commit[c] for c in (first, second)},
+                machine_dir / "machine.json",
+                results / "benchmarks.json",
+            )
+    return None
+
+
+def record_two_commits(tmp: Path) -> Recorded:
+    """``asv run`` on the last two commits of main with the project's asv configuration (minutes)."""
+    config = json.loads((REPO / "asv.conf.json").read_text(encoding="utf-8"))
+    config.update(
+        repo=str(REPO),
+        benchmark_dir=str(REPO / "benchmarks"),
+        env_dir=str(REPO / ".asv" / "env"),
+        results_dir=str(tmp / "results"),
+        html_dir=str(tmp / "html"),
+    )
+    (tmp / "asv.conf.json").write_text(json.dumps(config), encoding="utf-8")
+    env = {**os.environ, "HOME": str(tmp), "MINERVA_ASV_SCENARIOS": "short", "MINERVA_ASV_RUNS": "7"}
+    asv = [str(VENV_BIN / "asv"), "--config", str(tmp / "asv.conf.json")]
+    subprocess.run([*asv[:1], "machine", *asv[1:], "--machine", "site-test", "--yes"], env=env, check=True)
+    subprocess.run([*asv[:1], "run", *asv[1:], "--machine", "site-test", "main~2..main"], env=env, check=True)
+    recorded = find_recorded(tmp / "results", REPO)
+    assert recorded is not None, f"asv run recorded no results for two commits under {tmp / 'results'}"
+    return recorded
+
+
+@pytest.fixture(scope="module")
+def recorded(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Recorded:
+    if shutil.which("asv", path=str(VENV_BIN)) is None or not (REPO / "asv.conf.json").exists():
+        pytest.skip("asv or asv.conf.json is missing")
+    found = find_recorded(REPO / ".asv" / "results", REPO)
+    if found is not None:
+        return found
+    if "asv" not in (request.config.getoption("markexpr") or ""):
+        pytest.skip(
+            "no asv results of two commits of main in .asv/results: run the benchmarks for two commits "
+            "(README, asv) or add -m asv to record them here"
+        )
+    return record_two_commits(tmp_path_factory.mktemp("recorded"))
+
+
+def run_collect(clone: Path, temp: Path, commit: str) -> dict[str, Any]:
+    """The publish workflow's ``collect`` job, its ``run:`` steps, in ``clone``."""
+    report = temp.parent / f"{temp.name}-report.json"
+    command = [sys.executable, str(RUNNER), str(PUBLISH), "--job", "collect", "--workdir", str(clone)]
+    command += ["--temp", str(temp), "--report", str(report), "--context", f"github.sha={commit}"]
+    command += ["--skip", "Install asv"]  # the test environment has it; pip must not change its version
+    path = os.pathsep.join([str(VENV_BIN), os.environ.get("PATH", "")])
+    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PATH": path}, check=False)
+    assert done.returncode == 0, f"collect job failed:\n{done.stdout[-4000:]}\n{done.stderr[-2000:]}"
+    return json.loads(report.read_text(encoding="utf-8"))
+
+
+@dataclass(frozen=True)
+class Published:
+    html: Path
+    origin: Path
+    reports: tuple[dict[str, Any], dict[str, Any]]
+
+
+@pytest.fixture(scope="module")
+def published(recorded: Recorded, tmp_path_factory: pytest.TempPathFactory) -> Published:
+    """Two runs of the collect job, one commit's results each, pushing to a local bare origin."""
+    root = tmp_path_factory.mktemp("publish")
+    origin = root / "origin.git"
+    subprocess.run(["git", "clone", "-q", "--bare", str(REPO), str(origin)], check=True)
+    reports = []
+    for run, commit in enumerate(recorded.commits, start=1):
+        clone = root / f"run{run}" / "checkout"
+        subprocess.run(["git", "clone", "-q", str(origin), str(clone)], check=True)
+        shutil.copy2(REPO / "asv.conf.json", clone / "asv.conf.json")  # the working tree's, committed or not
+        shutil.rmtree(clone / "benchmarks", ignore_errors=True)
+        shutil.copytree(REPO / "benchmarks", clone / "benchmarks", ignore=shutil.ignore_patterns("__pycache__"))
+        temp = root / f"run{run}" / "runner-temp"
+        artifact = temp / "new-results" / f"asv-results-{recorded.machine}"
+        (artifact / recorded.machine).mkdir(parents=True)
+        shutil.copy2(recorded.benchmarks_json, artifact / "benchmarks.json")
+        shutil.copy2(recorded.machine_json, artifact / recorded.machine / "machine.json")
+        for path in recorded.files[commit]:
+            shutil.copy2(path, artifact / recorded.machine / path.name)
+        reports.append(run_collect(clone, temp, commit))
+    return Published(root / "run2" / "checkout" / ".asv" / "html", origin, (reports[0], reports[1]))
+
+
+def test_collect_runs_its_steps_and_keeps_history_on_the_results_branch(
+    published: Published, recorded: Recorded
+) -> None:
+    for report in published.reports:
+        ran = {s["name"]: s["status"] for s in report["steps"]}
+        assert ran["Check out the stored results"] == "success"
+        assert ran["Merge this run's results"] == "success"
+        assert ran["asv publish"] == "success"
+        assert ran["Store the results (push the asv-results branch)"] == "success"
+        assert ran["Install asv"] == "skipped"
+    log = git(published.origin, "log", "asv-results", "--format=%s").splitlines()
+    assert log == [f"asv results for {c}" for c in reversed(recorded.commits)]
+    stored = git(published.origin, "ls-tree", "-r", "--name-only", "asv-results").splitlines()
+    assert "benchmarks.json" in stored
+    assert f"{recorded.machine}/machine.json" in stored
+    for commit in recorded.commits:
+        assert any(name.startswith(f"{recorded.machine}/{commit[:8]}-") for name in stored), commit
+    index = json.loads((published.html / "index.json").read_text(encoding="utf-8"))
+    assert set(recorded.commits) <= set(index["revision_to_hash"].values())
+
+
+def npm_package(spec: str, cache: Path) -> Path:
+    """``spec``'s files, unpacked from ``npm pack`` (cached)."""
+    target = cache / spec.replace("/", "_")
+    if (target / "package").is_dir():
+        return target / "package"
+    npm = shutil.which("npm")
+    if npm is None:
+        pytest.skip("npm is not installed: it fetches the JavaScript libraries asv's pages load from CDNs")
+    download = cache / "download"
+    download.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(
+        [npm, "pack", spec, "--pack-destination", str(download), "--silent"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        reason = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        pytest.skip(f"npm pack {spec} failed ({reason}): the site's JavaScript libraries are not available")
+    archive = download / done.stdout.strip().splitlines()[-1]
+    unpacked = cache / f"{target.name}.partial"
+    shutil.rmtree(unpacked, ignore_errors=True)
+    with tarfile.open(archive) as tar:
+        tar.extractall(unpacked, filter="data")
+    unpacked.rename(target)
+    return target / "package"
+
+
+def serve_locally(html: Path, site: Path) -> None:
+    """A copy of the site whose CDN ``<script>``/``<link>`` tags point at the same libraries, served here."""
+    from pytest_minerva.derive.cache import default_cache_dir
+
+    shutil.copytree(html, site)
+    cache = default_cache_dir() / "asv-site-vendor"
+    page = (site / "index.html").read_text(encoding="utf-8")
+    external = set(re.findall(r'(?:src|href)="(https?://[^"]+)"', page))
+    links = {"https://github.com/airspeed-velocity/asv/"}  # a plain link, loaded by nobody
+    assert external - links <= set(CDN_FILES), f"asv's page loads files this test cannot serve: {external - links}"
+    for url, (spec, inner) in CDN_FILES.items():
+        package = npm_package(spec, cache)
+        local = Path("_vendor") / spec / inner
+        (site / local).parent.mkdir(parents=True, exist_ok=True)
+        if not (site / local).exists():
+            shutil.copytree(package, site / "_vendor" / spec, dirs_exist_ok=True)
+        # The local copy is not byte-identical to the CDN's minified file, so the integrity hash goes.
+        page = re.sub(
+            rf'(<(?:script|link)[^>]*?)(?:src|href)="{re.escape(url)}"([^>]*)>',
+            lambda m, local=local, url=url: re.sub(
+                r'\s(?:integrity|crossorigin|referrerpolicy)="[^"]*"',
+                "",
+                m.group(0).replace(url, local.as_posix()),
+            ),
+            page,
+        )
+    (site / "index.html").write_text(page, encoding="utf-8")
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def site_url(published: Published, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    site = tmp_path_factory.mktemp("site") / "html"
+    serve_locally(published.html, site)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(site)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver_path = shutil.which("chromedriver")
+    if chromium is None or driver_path is None:
+        pytest.skip("headless Chromium is not installed: apt-get install chromium chromium-driver")
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed: pip install selenium")
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in CHROMIUM_FLAGS:
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(options=options, service=Service(driver_path))
+    driver.set_page_load_timeout(60)
+    yield driver
+    driver.quit()
+
+
+def wait_for(driver: Any, script: str, timeout: float = 30.0) -> Any:
+    """Poll a JavaScript expression until it is truthy; return its value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = driver.execute_script(f"try {{ return {script}; }} catch (e) {{ return null; }}")
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def visits(browser: Any, site_url: str) -> dict[str, Any]:
+    """Open the benchmark list and the TTFT graph; keep what a person would see, and the console."""
+    browser.get(site_url + "#/summarylist")
+    listed = wait_for(browser, "$('#summarylist-body tbody tr').length > 0 && $('#summarylist-body').text()")
+    browser.get(site_url + "#bench_generation.Generation.track_ttft_ms")
+    series = wait_for(
+        browser,
+        "$('#main-graph').data('plot') && $('#main-graph').data('plot').getData()"
+        ".map(function (s) { return {label: s.label, data: s.data}; })",
+    )
+    painted = browser.execute_script(
+        "var c = document.querySelector('#main-graph canvas.flot-base');"
+        "if (!c) return 0; var d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data, n = 0;"
+        "for (var i = 3; i < d.length; i += 4) { if (d[i] > 0) n++; } return n;"
+    )
+    return {
+        "listed": listed or "",
+        "series": series or [],
+        "painted": painted,
+        "text": browser.execute_script("return document.body.innerText"),
+        "png": browser.get_screenshot_as_png(),
+        "log": browser.get_log("browser"),
+    }
+
+
+def test_the_benchmark_list_shows_ttft_tpot_and_throughput(visits: dict[str, Any]) -> None:
+    listed = visits["listed"]
+    assert "failed to load" not in listed
+    for figure in FIGURES:
+        assert figure in listed
+
+
+def test_the_ttft_graph_plots_the_recorded_values_of_both_commits(
+    visits: dict[str, Any], published: Published, recorded: Recorded
+) -> None:
+    from asv.results import Results
+
+    index = json.loads((published.html / "index.json").read_text(encoding="utf-8"))
+    revision = {int(k): v for k, v in index["revision_to_hash"].items()}
+    plotted: dict[str, set[float]] = {}
+    for series in visits["series"]:
+        for x, y in series["data"]:
+            if y is not None:
+                plotted.setdefault(revision[int(x)], set()).add(round(y, 6))
+    assert set(plotted) == set(recorded.commits)
+    for commit in recorded.commits:
+        values: set[float] = set()
+        for path in recorded.files[commit]:
+            result = Results.load(str(path), recorded.machine)
+            key = "bench_generation.Generation.track_ttft_ms"
+            values |= {
+                round(v, 6) for v in result.get_result_value(key, result.get_result_params(key)) if v is not None
+            }
+        assert plotted[commit] <= values, f"{commit[:8]}: the page plots {plotted[commit]}, asv recorded {values}"
+    assert visits["painted"] > 1000  # the canvas has a drawn graph, not just an empty frame
+    assert "bench_generation.Generation.track_ttft_ms" in visits["text"]
+
+
+def test_the_site_raises_no_javascript_errors(visits: dict[str, Any]) -> None:
+    assert [entry for entry in visits["log"] if entry["level"] == "SEVERE"] == []
+
+
+def test_the_screenshot_is_a_png_of_the_graph(visits: dict[str, Any], tmp_path: Path) -> None:
+    png = visits["png"]
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    target = (
+        REPO / os.environ["MINERVA_SITE_SCREENSHOT"]
+        if os.environ.get("MINERVA_SITE_SCREENSHOT")
+        else tmp_path / "s.png"
+    )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(png)
+    assert target.stat().st_size > 10_000
