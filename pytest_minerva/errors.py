@@ -36,3 +36,10 @@ class UnsafeFile(MinervaError):
 
 class PathEscape(MinervaError):
     """A name or catalog path tries to leave the directory it must stay in."""
+
+
+class LogitsUnavailable(MinervaError):
+    """The backend cannot return full logits (a served model); the message says what it offers instead.
+
+    A suite test that needs full logits is skipped with this message, not failed.
+    """

@@ -23,7 +23,20 @@ from pytest_minerva.errors import ArtifactMissing, BackendUnavailable, MinervaEr
 from pytest_minerva.markers import matrix_filter
 from pytest_minerva.matrix import Case, Pair
 from pytest_minerva.resolve import ResolvedArtifact
+from pytest_minerva.serving.server import minerva_llama_server
 from pytest_minerva.session import SESSION_KEY, MinervaSession
+
+__all__ = [
+    "LoadedPair",
+    "backend",
+    "backend_pair",
+    "gguf_model",
+    "minerva_llama_server",
+    "minerva_session",
+    "mlx_model",
+    "model_artifact",
+    "safetensors_model",
+]
 
 ARTIFACT_FIXTURES = {
     "model_artifact": None,

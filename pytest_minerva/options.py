@@ -15,8 +15,6 @@ import pytest
 
 from pytest_minerva.hardware import DEVICES
 
-DEFAULT_TIMEOUT_S = 600.0
-
 
 def _split(values: list[str] | None) -> list[str]:
     out: list[str] = []
@@ -161,7 +159,8 @@ def register(parser: pytest.Parser) -> None:
         dest="minerva_timeout",
         type=positive_float,
         metavar="SECONDS",
-        help=f"time limit for one backend load or generation (default: {DEFAULT_TIMEOUT_S:.0f}, ini: minerva_timeout)",
+        help="time limit in seconds for one backend load or generation (default: scaled to the model's size, "
+        "ini: minerva_timeout)",
     )
     group.addoption(
         "--minerva-endpoint",
@@ -204,7 +203,7 @@ class Settings:
     derive: bool = True
     update_golden: bool = False
     isolate: bool = False
-    timeout_s: float = DEFAULT_TIMEOUT_S
+    timeout_s: float | None = None  # None: scaled to the artifact size (isolation.Limits.for_size)
     endpoint: str | None = None
     api_key_env: str | None = None
 
@@ -250,7 +249,7 @@ class Settings:
             derive=not (no_derive if no_derive is not None else config.getini("minerva_no_derive")),
             update_golden=bool(config.getoption("minerva_update_golden")),
             isolate=bool(isolate if isolate is not None else config.getini("minerva_isolate")),
-            timeout_s=float(timeout) if timeout else DEFAULT_TIMEOUT_S,  # type: ignore[arg-type]
+            timeout_s=float(timeout) if timeout else None,  # type: ignore[arg-type]
             endpoint=str(pick("minerva_endpoint", "minerva_endpoint") or "") or None,
             api_key_env=str(pick("minerva_api_key_env", "minerva_api_key_env") or "") or None,
         )

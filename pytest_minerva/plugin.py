@@ -6,11 +6,13 @@ fixtures, matrix, resolve, backends, equivalence.
 
 from __future__ import annotations
 
+from collections.abc import Generator
+
 import pytest
 
 from pytest_minerva import fixtures as _fixtures
 from pytest_minerva import hookspecs, markers, options
-from pytest_minerva.errors import MinervaError
+from pytest_minerva.errors import LogitsUnavailable, MinervaError
 from pytest_minerva.session import SESSION_KEY, MinervaSession
 
 ENTRY_POINT_GROUP = "pytest_minerva"
@@ -65,6 +67,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         reason = markers.hardware_skip_reason(item, session.hardware)
         if reason:
             item.add_marker(pytest.mark.skip(reason=reason))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, object, object]:
+    """A test that needs full logits from a backend that has none (a served model) is skipped, not failed."""
+    try:
+        return (yield)
+    except LogitsUnavailable as exc:
+        pytest.skip(str(exc))
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:

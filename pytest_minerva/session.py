@@ -72,7 +72,7 @@ class MinervaSession:
         if settings.backends:
             session.backends = [registry.get(name) for name in settings.backends]
         else:
-            session.backends = list(registry)
+            session.backends = [spec for spec in registry if not spec.opt_in]
         return session
 
     @property
@@ -107,7 +107,12 @@ class MinervaSession:
         return artifact
 
     def load_options(self, device: str) -> LoadOptions:
-        return LoadOptions(device=device, threads=self.settings.threads or default_threads())
+        extra: dict[str, object] = {}
+        if self.settings.endpoint:
+            extra["endpoint"] = self.settings.endpoint
+        if self.settings.api_key_env:
+            extra["api_key_env"] = self.settings.api_key_env
+        return LoadOptions(device=device, threads=self.settings.threads or default_threads(), extra=extra)
 
     def check_runnable(self, case: Case) -> str | None:
         """Why ``case`` cannot run here (absent device or library), or ``None``."""

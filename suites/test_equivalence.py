@@ -10,6 +10,7 @@ the prompt text and both sides' top tokens.
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from pytest_minerva.equivalence import assert_equivalent
@@ -44,13 +45,30 @@ def test_logits_agree(backend_pair: LoadedPair, request: pytest.FixtureRequest) 
 
 @pytest.mark.minerva(pairs=["cross-backend"])
 def test_same_weights_start_the_same_continuation(backend_pair: LoadedPair) -> None:
-    """Engines running the very same weights agree on the first greedy token of every prompt."""
+    """Engines running the very same weights start every prompt's greedy continuation the same way.
+
+    The one exception is a near tie: where the reference's own top-1 leads the candidate's pick
+    by no more than the profile's calibrated ``max_dlogit`` bound (the largest per-logit
+    difference measured between the two engines), the pair's measured numerical difference can
+    legitimately swap them; llama.cpp, for one, quantizes activations to 8 bits for its dot
+    products, and the result depends on the CPU's SIMD path. Anything wider fails. A float32
+    pair's bound is a few hundredths of a logit, so there the tokens must be identical.
+    """
     if not backend_pair.same_weights:
         pytest.skip("the two sides run different weights")
+    profile = _profile(backend_pair)
+    tie = float(profile.bounds["max_dlogit"])
     ref, cand = backend_pair.reference, backend_pair.candidate
     for prompt in prompts(ref):
         first_ref, first_cand = greedy(ref, prompt.ids, 1), greedy(cand, prompt.ids, 1)
-        assert first_ref == first_cand, (
+        if first_ref == first_cand:
+            continue
+        row = np.asarray(ref.logits(prompt.ids), dtype=np.float64)[-1]
+        a, b = first_ref[0], first_cand[0]
+        margin = float(row[a] - row[b])
+        assert margin <= tie, (
             f"{prompt.name}: {backend_pair.pair.reference.id} continues with {ref.detokenize(first_ref)!r}, "
-            f"{backend_pair.pair.candidate.id} with {cand.detokenize(first_cand)!r}"
+            f"{backend_pair.pair.candidate.id} with {cand.detokenize(first_cand)!r}; the reference prefers its "
+            f"token by {margin:.3f} logits, more than the {tie:.3f} that profile {profile.name!r} allows "
+            f"between these engines (fixtures/tolerances.toml)"
         )

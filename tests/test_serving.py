@@ -24,7 +24,6 @@ from hypothesis import strategies as st
 
 from pytest_minerva.errors import MinervaError
 from pytest_minerva.serving import loadgen
-from pytest_minerva.serving import server as serving_server
 from pytest_minerva.serving.faults import FaultProxy, refused_port
 from pytest_minerva.serving.server import (
     LlamaCppServer,
@@ -42,8 +41,6 @@ from pytest_minerva.serving.sse import (
     stream_request,
 )
 
-# The fixture under test, registered here under its own name (``minerva_llama_server``).
-server_fixture = serving_server.minerva_llama_server
 needs_server = pytest.mark.skipif(server_unavailable_reason() is not None, reason=str(server_unavailable_reason()))
 PROSE = (
     "The history of astronomy spans thousands of years, from the first careful records of the night sky kept by "

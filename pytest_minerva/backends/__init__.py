@@ -40,6 +40,8 @@ class BackendSpec:
 
     ``requires`` lists import names that must be importable (checked without
     importing them); ``distributions`` the PyPI names whose versions go into reports.
+    ``opt_in`` backends run only when named with ``--backend`` (a served model, which
+    starts a server per artifact, is not part of the default matrix).
     """
 
     name: str
@@ -51,6 +53,7 @@ class BackendSpec:
     install_hint: str = ""
     description: str = ""
     options: dict[str, object] = field(default_factory=dict)
+    opt_in: bool = False
 
     def missing_requirements(self) -> list[str]:
         return [name for name in self.requires if importlib.util.find_spec(name) is None]
@@ -159,6 +162,19 @@ def builtin_registry() -> BackendRegistry:
             distributions=("mlx", "mlx-lm"),
             install_hint="pip install 'pytest-minerva[mlx]'",
             description="Apple MLX through mlx-lm (the CPU build on Linux)",
+        )
+    )
+    registry.add(
+        BackendSpec(
+            "openai_http",
+            formats=("gguf",),
+            target="pytest_minerva.backends.openai_http:OpenAIHttpBackend",
+            devices=("cpu", "cuda", "metal"),
+            requires=("llama_cpp",),
+            distributions=("llama-cpp-python",),
+            install_hint="pip install 'pytest-minerva[serve]'",
+            description="any OpenAI-compatible server (--minerva-endpoint), else llama_cpp.server on loopback",
+            opt_in=True,
         )
     )
     return registry

@@ -86,8 +86,9 @@ class LlamaCppBackend:
                 logits_all=False,
                 verbose=False,
             )
-        except ValueError as exc:
-            raise FormatError(artifact.path, f"llama.cpp cannot load it ({exc})") from None
+        except Exception as exc:
+            # ValueError from the loader, jinja2.TemplateError from a GGUF's chat template, ...
+            raise FormatError(artifact.path, f"llama.cpp cannot load it ({type(exc).__name__}: {exc})") from None
         self.load_seconds = time.perf_counter() - started
         self._ctx = self._llm.ctx
         self._vocab = llama_cpp.llama_model_get_vocab(self._llm.model)

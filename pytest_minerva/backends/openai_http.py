@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pytest_minerva.backends.base import GenerationRequest, LoadOptions, TokenEvent
-from pytest_minerva.errors import BackendUnavailable, MinervaError
+from pytest_minerva.errors import BackendUnavailable, LogitsUnavailable, MinervaError
 from pytest_minerva.serving.sse import (
     Endpoint,
     HttpStatusError,
@@ -65,10 +65,6 @@ if TYPE_CHECKING:
 #: Sampling fields sent with every request so that temperature 0 is plain greedy decoding.
 GREEDY_FIELDS: dict[str, Any] = {"top_p": 1.0, "repeat_penalty": 1.0, "presence_penalty": 0.0, "frequency_penalty": 0.0}
 _MEMO = 64
-
-
-class LogitsUnavailable(MinervaError):
-    """The backend cannot return full logits; the message says what it offers instead."""
 
 
 class ServingError(MinervaError):

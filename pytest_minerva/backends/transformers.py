@@ -12,6 +12,7 @@ so the weights are the GGUF's numbers in ``LoadOptions.dtype`` (float32 default)
 from __future__ import annotations
 
 import gc
+import inspect
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -132,12 +133,20 @@ class TransformersBackend:
             raise MinervaError(f"{artifact.path}: transformers loads gguf or safetensors, not {artifact.format}")
         started = time.perf_counter()
         self._tokenizer = AutoTokenizer.from_pretrained(**where)
-        model = AutoModelForCausalLM.from_pretrained(**where, dtype=_DTYPES[options.dtype])
+        # use_safetensors: never fall back to a pickled pytorch_model.bin lying in the same directory.
+        weights: dict[str, Any] = {"use_safetensors": True} if artifact.format == "safetensors" else {}
+        model = AutoModelForCausalLM.from_pretrained(**where, **weights, dtype=_DTYPES[options.dtype])
         torch.nn.Module.to(model, self._torch_device)
         self._model = model.eval()
         self.load_seconds = time.perf_counter() - started
         self._config = self._model.config
+        # transformers 5.25 renamed forward()'s past_key_values to cache (the old name warns, and goes in 5.40).
+        forward_params = inspect.signature(self._model.forward).parameters
+        self._cache_kw = "cache" if "cache" in forward_params else "past_key_values"
         self._closed = False
+
+    def _cache_arg(self, cache: Any) -> dict[str, Any]:
+        return {self._cache_kw: cache}
 
     @property
     def vocab_size(self) -> int:
@@ -209,10 +218,12 @@ class TransformersBackend:
         rows: list[np.ndarray] = []
         with torch.inference_mode():
             if prefix_len:
-                out = self._model(input_ids=self._ids_tensor(ids[:prefix_len]), past_key_values=cache, use_cache=True)
+                prefix = self._ids_tensor(ids[:prefix_len])
+                out = self._model(input_ids=prefix, **self._cache_arg(cache), use_cache=True)
                 rows.append(self._to_numpy(out.logits[0]))
             for pos in range(prefix_len, len(ids)):
-                out = self._model(input_ids=self._ids_tensor(ids[pos : pos + 1]), past_key_values=cache, use_cache=True)
+                step = self._ids_tensor(ids[pos : pos + 1])
+                out = self._model(input_ids=step, **self._cache_arg(cache), use_cache=True)
                 rows.append(self._to_numpy(out.logits[0]))
         return np.concatenate(rows, axis=0)
 
@@ -245,7 +256,7 @@ class TransformersBackend:
         cache = DynamicCache(config=self._config)
         with torch.inference_mode():
             out = self._model(
-                input_ids=self._ids_tensor(prompt), past_key_values=cache, use_cache=True, logits_to_keep=1
+                input_ids=self._ids_tensor(prompt), **self._cache_arg(cache), use_cache=True, logits_to_keep=1
             )
             for index in range(request.max_tokens):
                 next_logits = out.logits[0, -1]
@@ -263,7 +274,7 @@ class TransformersBackend:
                 if reason is not None:
                     return
                 out = self._model(
-                    input_ids=chosen.reshape(1, 1), past_key_values=cache, use_cache=True, logits_to_keep=1
+                    input_ids=chosen.reshape(1, 1), **self._cache_arg(cache), use_cache=True, logits_to_keep=1
                 )
 
     def timed_generate_batch(self, prompts: Sequence[Sequence[int]], max_tokens: int) -> BatchGeneration:
@@ -297,7 +308,7 @@ class TransformersBackend:
                 input_ids=input_ids,
                 attention_mask=mask,
                 position_ids=positions,
-                past_key_values=cache,
+                **self._cache_arg(cache),
                 use_cache=True,
                 logits_to_keep=1,
             )
@@ -315,7 +326,7 @@ class TransformersBackend:
                     input_ids=chosen,
                     attention_mask=mask,
                     position_ids=next_positions,
-                    past_key_values=cache,
+                    **self._cache_arg(cache),
                     use_cache=True,
                     logits_to_keep=1,
                 )

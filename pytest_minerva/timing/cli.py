@@ -107,6 +107,17 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         action="store_false",
         help="skip the extra untimed generation that measures KV-cache growth",
     )
+    bench.add_argument(
+        "--endpoint",
+        metavar="URL",
+        help="with --backend openai_http: an OpenAI-compatible server to measure "
+        "(default: the harness starts llama_cpp.server on loopback on the model's GGUF)",
+    )
+    bench.add_argument(
+        "--api-key-env",
+        metavar="VAR",
+        help="environment variable holding the --endpoint's API key; the key is never printed",
+    )
     bench.add_argument("--json", metavar="PATH", help="write the results document (schema version 1) here")
     bench.add_argument("--csv", metavar="PATH", help="write one row per timed run here")
     _add_common(bench)
@@ -149,6 +160,8 @@ def _session(args: argparse.Namespace) -> Any:
         model_dir=args.model_dir,
         threads=args.threads,
         devices=_split(args.device) or ["auto"],
+        endpoint=getattr(args, "endpoint", None),
+        api_key_env=getattr(args, "api_key_env", None),
     )
     return MinervaSession.create(settings, hook=_hook())
 
