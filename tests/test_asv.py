@@ -36,6 +36,11 @@ TRACKS = {
     "bench_generation.Generation.track_decode_tps": ("track", "tokens/s"),
     "bench_generation.GenerationMemory.peakmem_generate": ("peakmemory", "bytes"),
 }
+SERVING_TRACKS = {
+    "bench_serving.ServingConcurrency.track_request_ttft_ms": ("track", "ms"),
+    "bench_serving.ServingConcurrency.track_request_tpot_ms": ("track", "ms"),
+    "bench_serving.ServingConcurrency.track_aggregate_tps": ("track", "tokens/s"),
+}
 ASV = [sys.executable, "-m", "asv"]
 
 
@@ -59,8 +64,9 @@ def test_asv_discovers_four_tracks_and_a_peakmem_over_model_backend_scenario(
     from asv_runner.discovery import disc_benchmarks
 
     _, common = suite
-    found = {b.name: b for b in disc_benchmarks(str(REPO / "benchmarks"))}
-    assert {name: (b.type, b.unit) for name, b in found.items()} == TRACKS
+    everything = {b.name: b for b in disc_benchmarks(str(REPO / "benchmarks"))}
+    assert {name: (b.type, b.unit) for name, b in everything.items()} == TRACKS | SERVING_TRACKS
+    found = {name: b for name, b in everything.items() if name in TRACKS}
     expected_params = [[repr(v) for v in values] for values in (common.MODELS, common.BACKENDS, common.SCENARIOS)]
     for bench in found.values():
         assert bench.param_names == ["model", "backend", "scenario"]
@@ -71,6 +77,20 @@ def test_asv_discovers_four_tracks_and_a_peakmem_over_model_backend_scenario(
     track_keys = {b.setup_cache_key for name, b in found.items() if ".track_" in name}
     assert len(track_keys) == 1 and None not in track_keys
     assert found["bench_generation.GenerationMemory.peakmem_generate"].setup_cache_key is None
+
+
+def test_asv_discovers_the_serving_sweep_over_model_and_concurrency(suite: tuple[ModuleType, ModuleType]) -> None:
+    from asv_runner.discovery import disc_benchmarks
+
+    _, common = suite
+    found = {b.name: b for b in disc_benchmarks(str(REPO / "benchmarks")) if b.name in SERVING_TRACKS}
+    assert set(found) == set(SERVING_TRACKS)
+    for bench in found.values():
+        assert bench.param_names == ["model", "concurrency"]
+        assert bench.params == [[repr(v) for v in common.MODELS], ["1", "2", "4", "8"]]
+        assert not re.fullmatch(r"[0-9a-f]{64}", bench.version), f"{bench.name} has no explicit version"
+    # One server start and one sweep serve every level and figure.
+    assert len({b.setup_cache_key for b in found.values()}) == 1
 
 
 def test_suite_settings_come_from_the_environment(

@@ -393,7 +393,8 @@ def test_committed_tolerances_file_declares_the_pairs() -> None:
     pairs = {(p.reference_precision, p.candidate_precision, p.same_weights): n for n, p in profiles.items()}
     assert pairs[("f32", "q4_1", True)] == "same-weights-q4_1"
     assert pairs[("f32", "q4_1", False)] == "f32-vs-q4_1"
-    for name in ("f32-vs-f32", "f32-vs-f16", "f32-vs-q8_0", "f32-vs-q4_0", "f32-vs-q4_k", "bf16-vs-q4_k_m"):
+    names = ("f32-vs-f32", "f32-vs-f16", "f32-vs-q8_0", "f32-vs-q5_0", "f32-vs-q4_0", "f32-vs-q4_k_m", "bf16-vs-q4_k_m")
+    for name in names:
         assert name in profiles
     for profile in profiles.values():
         assert profile.calibrated == (len(profile.measurements) >= profile.rule.min_runs)

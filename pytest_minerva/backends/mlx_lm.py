@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import gc
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import mlx.core as mx
@@ -22,35 +22,13 @@ from mlx_lm.generate import generate_step
 from mlx_lm.models.cache import make_prompt_cache
 
 from pytest_minerva.backends.base import GenerationRequest, LoadOptions, TokenEvent
+from pytest_minerva.backends.hf_text import HfTokenizerMixin, TextDeltas
 from pytest_minerva.errors import BackendUnavailable, FormatError, MinervaError
 
 if TYPE_CHECKING:
     from pytest_minerva.resolve import ResolvedArtifact
 
 _DTYPES = ("float32", "float16", "bfloat16")
-
-
-class _TextDeltas:
-    """Turns a growing id list into text pieces, holding back incomplete UTF-8 sequences.
-
-    mlx-lm's own streaming detokenizers drop the leading space of the first token,
-    which is wrong for text that continues a prompt.
-    """
-
-    def __init__(self, decode: Callable[[list[int]], str]) -> None:
-        self._decode = decode
-        self._ids: list[int] = []
-        self._prefix = 0
-        self._read = 0
-
-    def add(self, token: int, final: bool) -> str:
-        self._ids.append(token)
-        before = self._decode(self._ids[self._prefix : self._read])
-        after = self._decode(self._ids[self._prefix :])
-        if len(after) > len(before) and (final or not after.endswith("\ufffd")):
-            self._prefix, self._read = self._read, len(self._ids)
-            return after[len(before) :]
-        return ""
 
 
 def _mlx_version() -> str:
@@ -71,7 +49,7 @@ def mlx_device(device: str) -> Any:
     raise BackendUnavailable(f"mlx_lm: device {device!r} is not supported; use cpu or metal")
 
 
-class MlxLmBackend:
+class MlxLmBackend(HfTokenizerMixin):
     """An MLX model directory (``config.json`` + SafeTensors + tokenizer) loaded by ``mlx_lm.load``.
 
     MLX has no thread setting, so ``options.threads`` is ignored. ``options.dtype``
@@ -103,52 +81,13 @@ class MlxLmBackend:
         self.load_seconds = time.perf_counter() - started
         self._model = model
         self._tokenizer = tokenizer
-        self._hf_tokenizer = tokenizer._tokenizer
+        self._text_tokenizer = tokenizer._tokenizer
         self._eos_ids = {int(t) for t in tokenizer.eos_token_ids}
         self._closed = False
 
     @property
     def vocab_size(self) -> int:
         return int(self._model.args.vocab_size)
-
-    @property
-    def bos_id(self) -> int | None:
-        token = self._tokenizer.bos_token_id
-        return None if token is None else int(token)
-
-    @property
-    def eos_id(self) -> int | None:
-        token = self._tokenizer.eos_token_id
-        return None if token is None else int(token)
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise MinervaError(f"mlx_lm backend for {self.artifact_path} is closed")
-
-    def tokenize(self, text: str, *, add_bos: bool = False) -> list[int]:
-        """The tokenizer without special tokens added or parsed; ``add_bos`` prepends :attr:`bos_id`."""
-        self._check_open()
-        encoded = self._hf_tokenizer(text, add_special_tokens=False, split_special_tokens=True)
-        ids = [int(t) for t in encoded["input_ids"]]
-        if add_bos:
-            if self.bos_id is None:
-                raise MinervaError(f"{self.artifact_path}: the model has no BOS token to add")
-            ids.insert(0, self.bos_id)
-        return ids
-
-    def _decode(self, ids: list[int]) -> str:
-        return str(self._hf_tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False))
-
-    def detokenize(self, ids: Sequence[int]) -> str:
-        """Text of ``ids`` with special tokens rendered and no space clean-up."""
-        self._check_open()
-        return self._decode([int(t) for t in ids])
-
-    def _check_length(self, n: int) -> None:
-        if n < 1:
-            raise MinervaError("mlx_lm: need at least one token")
-        if n > self.n_ctx:
-            raise MinervaError(f"mlx_lm: {n} tokens exceed the context of {self.n_ctx} (LoadOptions.n_ctx)")
 
     @staticmethod
     def _to_numpy(logits: Any) -> np.ndarray:
@@ -205,7 +144,7 @@ class MlxLmBackend:
                 key, sub = mx.random.split(key)
                 return mx.random.categorical(logprobs * scale, key=sub)
 
-        deltas = _TextDeltas(self._decode)
+        deltas = TextDeltas(self._decode)
         last = request.max_tokens - 1
         steps = generate_step(
             mx.array(prompt),
@@ -252,6 +191,6 @@ class MlxLmBackend:
         if self._closed:
             return
         self._closed = True
-        del self._model, self._tokenizer, self._hf_tokenizer
+        del self._model, self._tokenizer, self._text_tokenizer
         gc.collect()
         mx.clear_cache()

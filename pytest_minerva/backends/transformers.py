@@ -14,7 +14,7 @@ from __future__ import annotations
 import gc
 import inspect
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +24,7 @@ import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
 from pytest_minerva.backends.base import GenerationRequest, LoadOptions, TokenEvent
+from pytest_minerva.backends.hf_text import HfTokenizerMixin, TextDeltas
 from pytest_minerva.errors import BackendUnavailable, MinervaError
 
 if TYPE_CHECKING:
@@ -81,26 +82,7 @@ class BatchGeneration:
         return self.batch_size * steps / elapsed if steps and elapsed > 0 else float("nan")
 
 
-class _TextDeltas:
-    """Turns a growing id list into text pieces, holding back incomplete UTF-8 sequences."""
-
-    def __init__(self, decode: Callable[[list[int]], str]) -> None:
-        self._decode = decode
-        self._ids: list[int] = []
-        self._prefix = 0
-        self._read = 0
-
-    def add(self, token: int, final: bool) -> str:
-        self._ids.append(token)
-        before = self._decode(self._ids[self._prefix : self._read])
-        after = self._decode(self._ids[self._prefix :])
-        if len(after) > len(before) and (final or not after.endswith("\ufffd")):
-            self._prefix, self._read = self._read, len(self._ids)
-            return after[len(before) :]
-        return ""
-
-
-class TransformersBackend:
+class TransformersBackend(HfTokenizerMixin):
     """A causal LM loaded by transformers from a SafeTensors directory or a GGUF file.
 
     ``options.threads`` calls ``torch.set_num_threads`` (process-wide) when given.
@@ -133,6 +115,7 @@ class TransformersBackend:
             raise MinervaError(f"{artifact.path}: transformers loads gguf or safetensors, not {artifact.format}")
         started = time.perf_counter()
         self._tokenizer = AutoTokenizer.from_pretrained(**where)
+        self._text_tokenizer = self._tokenizer
         # use_safetensors: never fall back to a pickled pytorch_model.bin lying in the same directory.
         weights: dict[str, Any] = {"use_safetensors": True} if artifact.format == "safetensors" else {}
         model = AutoModelForCausalLM.from_pretrained(**where, **weights, dtype=_DTYPES[options.dtype])
@@ -151,45 +134,6 @@ class TransformersBackend:
     @property
     def vocab_size(self) -> int:
         return int(self._model.get_output_embeddings().weight.shape[0])
-
-    @property
-    def bos_id(self) -> int | None:
-        token = self._tokenizer.bos_token_id
-        return None if token is None else int(token)
-
-    @property
-    def eos_id(self) -> int | None:
-        token = self._tokenizer.eos_token_id
-        return None if token is None else int(token)
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise MinervaError(f"transformers backend for {self.artifact_path} is closed")
-
-    def tokenize(self, text: str, *, add_bos: bool = False) -> list[int]:
-        """The tokenizer without special tokens added or parsed; ``add_bos`` prepends :attr:`bos_id`."""
-        self._check_open()
-        encoded = self._tokenizer(text, add_special_tokens=False, split_special_tokens=True)
-        ids = [int(t) for t in encoded["input_ids"]]
-        if add_bos:
-            if self.bos_id is None:
-                raise MinervaError(f"{self.artifact_path}: the model has no BOS token to add")
-            ids.insert(0, self.bos_id)
-        return ids
-
-    def _decode(self, ids: list[int]) -> str:
-        return str(self._tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False))
-
-    def detokenize(self, ids: Sequence[int]) -> str:
-        """Text of ``ids`` with special tokens rendered and no space clean-up."""
-        self._check_open()
-        return self._decode([int(t) for t in ids])
-
-    def _check_length(self, n: int) -> None:
-        if n < 1:
-            raise MinervaError("transformers: need at least one token")
-        if n > self.n_ctx:
-            raise MinervaError(f"transformers: {n} tokens exceed the context of {self.n_ctx} (LoadOptions.n_ctx)")
 
     def _ids_tensor(self, ids: Sequence[int]) -> torch.Tensor:
         return torch.tensor([list(ids)], dtype=torch.long, device=self._torch_device)
@@ -250,7 +194,7 @@ class TransformersBackend:
         if request.temperature != 0:
             generator = torch.Generator(device=self._torch_device)
             generator.manual_seed(request.seed if request.seed is not None else torch.seed())
-        deltas = _TextDeltas(self._decode)
+        deltas = TextDeltas(self._decode)
         eos = self.eos_id
         last = request.max_tokens - 1
         cache = DynamicCache(config=self._config)
@@ -363,7 +307,7 @@ class TransformersBackend:
         if self._closed:
             return
         self._closed = True
-        del self._model, self._tokenizer
+        del self._model, self._tokenizer, self._text_tokenizer
         gc.collect()
         if self._torch_device.type == "cuda":
             torch.cuda.empty_cache()
