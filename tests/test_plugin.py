@@ -198,3 +198,30 @@ def test_plugin_is_registered_through_the_entry_point() -> None:
     found = {ep.name: ep.value for ep in entry_points(group="pytest11")}
     assert found.get("minerva") == "pytest_minerva.plugin"
     assert Path(fixtures_dir() / "models.toml").is_file()
+
+
+def test_a_served_backend_is_opt_in(isolated: pytest.Pytester) -> None:
+    isolated.makepyfile(BACKEND_TEST)
+    default = isolated.runpytest("--collect-only", "-q", "--model", "smollm2-135m", "--device", "cpu")
+    assert not [line for line in default.stdout.lines if "openai_http" in line]
+    named = isolated.runpytest(
+        "--collect-only", "-q", "--model", "smollm2-135m", "--device", "cpu", "--backend", "openai_http"
+    )
+    named.stdout.fnmatch_lines([literal("*::test_uses_backend[smollm2-135m-gguf-openai_http-cpu]")])
+
+
+def test_a_backend_without_logits_skips_the_test_with_its_reason(isolated: pytest.Pytester) -> None:
+    isolated.makepyfile(
+        """
+        from pytest_minerva.errors import LogitsUnavailable
+
+        def test_needs_logits():
+            raise LogitsUnavailable("openai_http: a server returns only the top-k log-probabilities")
+
+        def test_other_errors_still_fail():
+            raise ValueError("not a skip")
+        """
+    )
+    result = isolated.runpytest("-rs")
+    result.assert_outcomes(skipped=1, failed=1)
+    result.stdout.fnmatch_lines(["*SKIPPED*openai_http: a server returns only the top-k log-probabilities*"])
