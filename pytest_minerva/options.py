@@ -95,8 +95,8 @@ def register(parser: pytest.Parser) -> None:
         dest="minerva_backends",
         type=backend_name,
         metavar="NAME",
-        help="backend to run: llama_cpp, transformers, mlx_lm or one a plugin registers; repeatable "
-        "(default: every registered backend, ini: minerva_backends)",
+        help="backend to run: llama_cpp, transformers, mlx_lm, openai_http or one a plugin registers; "
+        "repeatable (default: every registered backend but the opt-in openai_http, ini: minerva_backends)",
     )
     group.addoption(
         "--device",

@@ -59,7 +59,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         action="append",
         type=backend_name,
         metavar="NAME",
-        help="backend to run; repeatable or comma-separated (default: every registered one)",
+        help="backend to run; repeatable or comma-separated (default: every registered one but the opt-in openai_http)",
     )
     bench.add_argument(
         "--device",
