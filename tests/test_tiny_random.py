@@ -731,9 +731,9 @@ def test_llama_cpp_reads_a_stated_sliding_window_pattern(two_layer_gemma3: tuple
 
 @pytest.mark.xfail(
     strict=True,
-    reason="transformers 5.23's GGUF config mapping for gemma3 has no attention.sliding_window_pattern, so it makes "
-    "every 6th layer global whatever the file states (measured: logits 7.8 apart over 100 positions, equal at "
-    "position 0 where the two layer kinds' RoPE bases agree)",
+    reason="transformers' GGUF config mapping for gemma3 (5.23 and 5.25 checked) has no "
+    "attention.sliding_window_pattern, so it makes every 6th layer global whatever the file states "
+    "(measured: logits 7.8 apart over 100 positions, equal at position 0 where the two layer kinds' RoPE bases agree)",
 )
 def test_transformers_gguf_loader_reads_a_stated_sliding_window_pattern(
     two_layer_gemma3: tuple[Path, np.ndarray],
