@@ -32,11 +32,11 @@ PARAM_NAMES = ["model", "concurrency"]
 
 def _sweep(model: str) -> dict[str, Any]:
     """``{concurrency: figures}`` for ``model`` served on loopback, or ``{"skip": reason}``."""
-    from pytest_minerva.errors import ArtifactMissing, MinervaError
+    from pytest_minerva.errors import MinervaError
     from pytest_minerva.options import Settings
     from pytest_minerva.serving import loadgen
+    from pytest_minerva.serving.cli import _tokenizers
     from pytest_minerva.serving.server import LlamaCppServer, server_unavailable_reason
-    from pytest_minerva.serving.sse import request_json
     from pytest_minerva.session import MinervaSession
     from pytest_minerva.timing.scenarios import prompt_text
 
@@ -49,16 +49,14 @@ def _sweep(model: str) -> dict[str, Any]:
         return {"skip": f"{model} has no GGUF artifact to serve"}
     try:
         artifact = session.resolver.resolve(session.models[0], spec)
-    except (ArtifactMissing, MinervaError) as exc:
+    except MinervaError as exc:  # ArtifactMissing among them
         return {"skip": str(exc)}
     with LlamaCppServer(artifact.path, n_ctx=2048, threads=common.THREADS) as server:
         endpoint = server.endpoint
 
-        def tokenize(text: str) -> list[int]:
-            return [int(t) for t in request_json(endpoint, "POST", "/extras/tokenize", {"input": text})["tokens"]]
-
-        def detokenize(ids: Any) -> str:
-            return str(request_json(endpoint, "POST", "/extras/detokenize", {"tokens": list(ids)})["text"])
+        # The server's /extras/tokenize, else llama.cpp on the GGUF: what `minerva serve-bench` uses.
+        tokenize, detokenize, _ = _tokenizers(endpoint, artifact)
+        assert tokenize is not None and detokenize is not None  # the artifact is a local GGUF
 
         needed = sum(max(4, 2 * c) for c in CONCURRENCY) + 2
         prompts = loadgen.rotated_prompts(prompt_text("long.txt"), needed, words=PROMPT_TOKENS * 2)
