@@ -143,6 +143,7 @@ EXTRA_COMMAND_MODULES = (
     "pytest_minerva.equivalence.cli",
     "pytest_minerva.regression",
     "pytest_minerva.serving.cli",
+    "pytest_minerva.doctor",
 )
 
 

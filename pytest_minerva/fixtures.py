@@ -65,6 +65,10 @@ class LoadedPair:
     def id(self) -> str:
         return self.pair.id
 
+    def __repr__(self) -> str:
+        # Hypothesis prints the arguments of a failing example; the whole catalog entry is noise.
+        return f"LoadedPair({self.pair.id})"
+
 
 def get_session(config: pytest.Config) -> MinervaSession:
     try:

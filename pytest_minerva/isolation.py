@@ -11,33 +11,34 @@ backend it loads:
   and the backend) is compared with what the device has free; when it cannot fit, the
   case is skipped with both figures (:class:`NotEnoughMemory`). An out-of-memory error
   raised by the engine becomes :class:`OutOfMemory`, a failure carrying the same figures.
-* **Isolation** (``--minerva-isolate``). The engine runs in a worker process
-  (:class:`IsolatedBackend`); a segfault or abort there fails the one test that was
-  running with :class:`WorkerCrashed`, naming the signal and the worker's last stderr
-  lines, and the next call starts a fresh worker. Without isolation a hang is
-  interrupted by ``SIGALRM`` where the engine returns to Python; a hang inside native
-  code that never returns ends the whole process after a grace period, with a message
-  and every thread's traceback, so a CI job fails instead of stalling.
+* **Isolation** (on by default for every engine that runs native code: the
+  ``BackendSpec.native`` flag). The engine runs in a worker process
+  (:class:`IsolatedBackend`), one per engine and device in a session
+  (:class:`WorkerPool`), which loads every model that engine is asked for, so the engine
+  is imported once per session, not once per load. A segfault or abort there fails the
+  one test that was running with :class:`WorkerCrashed`, naming the signal and the
+  worker's last stderr lines; the next call starts a fresh worker and loads again, and
+  after :data:`MAX_CONSECUTIVE_CRASHES` crashes in a row the backend is given up on. The
+  terminal summary lists the engines that crashed and points to ``minerva doctor``.
+  ``--minerva-no-isolate`` loads engines in the test process instead (faster loads, but a
+  crash ends the session); ``--minerva-isolate`` isolates pure-Python backends too.
+  Without isolation a hang is interrupted by ``SIGALRM`` where the engine returns to
+  Python; a hang inside native code that never returns ends the whole process after a
+  grace period, with a message and every thread's traceback, so a CI job fails instead
+  of stalling.
 
 The worker speaks length-prefixed JSON over its stdin and stdout; arrays travel as raw
 bytes with a dtype from a short allowlist and a shape. Nothing is ever unpickled, so a
 worker that a hostile model file has subverted cannot run code in the test process
 through the channel.
 
-Isolation is off by default, because it is slow where this suite spends its time:
-every load starts a worker that imports the engine again. Measured on a shared 2-core
-CPU (``python -m pytest_minerva.isolation --measure BACKEND PATH``, medians of 3), a
-load costs 0.31 s here vs 1.2 s in a worker for llama_cpp on SmolLM2-135M Q4_1, 0.03 s
-vs 7.3 s for transformers and 0.01 s vs 4.8 s for mlx_lm on tiny-random-llama, and
-each call pays ~0.3 ms more for the round trip; ``suites/test_backend_contract.py`` on
-tiny-random-llama took 221 s isolated against 76 s in process (90 tests pass both
-ways). ``minerva bench`` also reads RSS and engine counters in its own process. And
-crashes are rare: every model file is checked by :func:`pytest_minerva.formats.verify`
-before an engine sees it, and of 80 mutated SmolLM2 headers loaded into llama.cpp in
-workers, none crashed it (it refused the 77 that ``verify`` refused and ran the 3 that
-passed). Turn isolation on in CI for new engines, GPU runs (a CUDA OOM can abort the
-process) and models you did not check yourself. In process, the guards add about
-12 µs per generated token.
+Why on by default: a new engine build, a new CPU or a new driver crashing is what users
+run this to find out (llama.cpp's ``-march=native`` build segfaults at the first decode
+of every Q4_0/Q4_1/Q8_0 model on Xeons with AMX), so the default must survive it. The
+cost is one engine import per worker and a pipe round trip per call (~0.3 ms, plus
+copying the logits); the README gives the measured cost on the main job and on
+``make test``. ``python -m pytest_minerva.isolation --measure BACKEND PATH`` measures a
+load and a call both ways.
 """
 
 from __future__ import annotations
@@ -78,6 +79,8 @@ __all__ = [
     "NotEnoughMemory",
     "OutOfMemory",
     "WorkerCrashed",
+    "WorkerPool",
+    "WorkerProcess",
     "available_memory",
     "check_memory",
     "load_guarded",
@@ -250,8 +253,9 @@ def keep_stderr() -> None:
 def _hard_exit(what: str, seconds: float) -> None:
     message = (
         f"\npytest-minerva: {what} is still running {seconds:.0f} s past its time limit, inside native code "
-        "that does not return to Python; ending the process so the job does not hang (run with "
-        "--minerva-isolate to fail only this test). Tracebacks of every thread:\n"
+        "that does not return to Python; ending the process so the job does not hang (this engine ran in "
+        "process; without --minerva-no-isolate it runs in a worker and only this test fails). Tracebacks of "
+        "every thread:\n"
     )
     fd = _REPORT_FD if _REPORT_FD is not None else 2
     os.write(fd, message.encode())
@@ -555,13 +559,9 @@ def spec_to_json(spec: BackendSpec) -> dict[str, Any]:
 
 
 def _build_in_worker(request: dict[str, Any]) -> Backend:
-    from pytest_minerva.backends import BackendSpec
     from pytest_minerva.backends.base import LoadOptions
 
-    spec_data = request["spec"]
-    for key in ("formats", "devices", "requires", "distributions"):
-        spec_data[key] = tuple(spec_data[key])
-    spec = BackendSpec(**spec_data)
+    spec = _spec_from_json(request["spec"])
     artifact = _artifact_from_json(request["artifact"])
     options = LoadOptions(**request["options"])
     import importlib.metadata
@@ -574,6 +574,23 @@ def _build_in_worker(request: dict[str, Any]) -> Backend:
         if built is not None:
             return built  # type: ignore[no-any-return]
     return spec.build(artifact, options)
+
+
+def _spec_from_json(data: dict[str, Any]) -> BackendSpec:
+    from pytest_minerva.backends import BackendSpec
+
+    data = dict(data)
+    for key in ("formats", "devices", "requires", "distributions"):
+        data[key] = tuple(data[key])
+    return BackendSpec(**data)
+
+
+def _facts_in_worker(request: dict[str, Any]) -> dict[str, Any]:
+    """The backend class's ``build_facts()`` (how its engine was built), ``{}`` where it has none."""
+    factory = _spec_from_json(request["spec"]).factory()
+    facts = getattr(factory, "build_facts", None)
+    value = facts() if callable(facts) else {}
+    return json.loads(json.dumps(value, default=str)) if isinstance(value, dict) else {"facts": str(value)}
 
 
 def _error_reply(exc: BaseException) -> dict[str, Any]:
@@ -632,45 +649,64 @@ def _exit_with_parent(parent: int) -> None:
             os._exit(0)
 
 
+def _loaded_json(backend: Backend, handle: int) -> dict[str, Any]:
+    return {
+        "handle": handle,
+        "name": backend.name,
+        "device": backend.device,
+        "vocab_size": backend.vocab_size,
+        "bos_id": backend.bos_id,
+        "eos_id": backend.eos_id,
+        "forwarded": [m for m in FORWARDED_METHODS if callable(getattr(backend, m, None))],
+        "pid": os.getpid(),
+    }
+
+
 def worker_main() -> int:
-    """The worker: load one backend, then answer requests until told to stop or stdin closes."""
-    out = os.fdopen(os.dup(1), "wb")
-    os.dup2(2, 1)  # whatever the engine prints must not corrupt the protocol on stdout
-    sys.stdout = sys.stderr
-    faulthandler.enable()
+    """The worker: load backends on request (each gets a handle), answer requests for them until
+    told to stop or stdin closes. One worker serves every model of one engine in a session, so
+    the engine is imported once, not once per load."""
+    out = protocol_output()
     if hasattr(signal, "SIGUSR1"):
         faulthandler.register(signal.SIGUSR1, all_threads=True)
-    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
     stdin = sys.stdin.buffer
-    backend: Backend | None = None
+    backends: dict[int, Backend] = {}
+    next_handle = 1
     while True:
         message = read_message_blocking(stdin)
         if message is None:
             break
         header, _payload = message
-        if header.get("op") == "stop":
+        op = header.get("op")
+        if op == "stop":
             break
         try:
-            if header.get("op") == "load":
-                backend = _build_in_worker(header)
-                forwarded = [m for m in FORWARDED_METHODS if callable(getattr(backend, m, None))]
-                value = {
-                    "name": backend.name,
-                    "device": backend.device,
-                    "vocab_size": backend.vocab_size,
-                    "bos_id": backend.bos_id,
-                    "eos_id": backend.eos_id,
-                    "forwarded": forwarded,
-                    "pid": os.getpid(),
-                }
-                write_message(out, {"ok": True, "value": value})
-            elif backend is None:
-                write_message(out, {"ok": False, "error": {"type": "ProtocolError", "message": "no backend loaded"}})
+            if op == "facts":
+                write_message(out, {"ok": True, "value": _facts_in_worker(header)})
+                continue
+            if op == "load":
+                built = _build_in_worker(header)
+                backends[next_handle] = built
+                write_message(out, {"ok": True, "value": _loaded_json(built, next_handle)})
+                next_handle += 1
+                continue
+            handle = header.get("handle")
+            if handle is None and len(backends) == 1:
+                handle = next(iter(backends))
+            backend = backends.get(handle) if isinstance(handle, int) else None
+            if backend is None:
+                write_message(
+                    out, {"ok": False, "error": {"type": "ProtocolError", "message": f"no backend loaded as {handle}"}}
+                )
+            elif op == "unload":
+                del backends[handle]  # type: ignore[arg-type]
+                backend.close()
+                write_message(out, {"ok": True, "value": None})
             else:
                 _serve(backend, header, out)
         except Exception as exc:
             write_message(out, _error_reply(exc))
-    if backend is not None:
+    for backend in backends.values():
         with contextlib.suppress(Exception):
             backend.close()
     return 0
@@ -694,11 +730,13 @@ def describe_exit(returncode: int, oom_detail: str = "") -> str:
 
 
 class _Worker:
-    """One worker process and the reader of its stderr."""
+    """One worker process and the reader of its stderr; ``entry`` is the ``module:function``
+    it runs (:func:`worker_main` unless another protocol is spoken, like ``minerva bench``'s)."""
 
-    def __init__(self, env: dict[str, str]) -> None:
+    def __init__(self, env: dict[str, str], entry: str = "pytest_minerva.isolation:worker_main") -> None:
+        module, _, function = entry.partition(":")
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", "from pytest_minerva.isolation import worker_main; raise SystemExit(worker_main())"],
+            [sys.executable, "-c", f"from {module} import {function}; raise SystemExit({function}())"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -713,6 +751,11 @@ class _Worker:
         self._stderr.start()
         self._selector = selectors.DefaultSelector()
         self._selector.register(self.stdout_fd, selectors.EVENT_READ)
+        self.dead = False
+
+    @property
+    def alive(self) -> bool:
+        return not self.dead and self.proc.poll() is None
 
     def _drain(self, stream: IO[bytes]) -> None:
         for raw in iter(stream.readline, b""):
@@ -762,6 +805,7 @@ class _Worker:
         return header, payload
 
     def kill(self) -> None:
+        self.dead = True
         if self.proc.poll() is None:
             self.proc.kill()
         with contextlib.suppress(subprocess.TimeoutExpired):
@@ -790,14 +834,98 @@ def worker_environment() -> dict[str, str]:
     return env
 
 
+WorkerProcess = _Worker
+
+
+def protocol_output() -> IO[bytes]:
+    """In a child process: the stream that carries the protocol (the original stdout), after
+    pointing fd 1 at stderr so whatever an engine prints cannot corrupt it."""
+    out = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    faulthandler.enable()
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
+    return out
+
+
+def query_worker(request: dict[str, Any], what: str, seconds: float) -> Any:
+    """Send one request to a fresh worker process and return its ``value``: for questions that
+    need the engine imported (and so may crash) but no model loaded."""
+    worker = _Worker(worker_environment())
+    try:
+        worker.send(request)
+        try:
+            message = worker.receive(time.monotonic() + seconds)
+        except TimeoutError:
+            raise BackendTimeout(f"{what}: no answer within {seconds:.0f} s") from None
+        if message is None:
+            try:
+                code = worker.proc.wait(EXIT_WAIT_S)
+            except subprocess.TimeoutExpired:
+                worker.proc.kill()
+                code = worker.proc.wait()
+            lines = "\n".join(f"    {line}" for line in worker.stderr_tail()) or "    (nothing)"
+            raise WorkerCrashed(
+                f"{what}: the worker process (pid {worker.proc.pid}) {describe_exit(code)}.\n"
+                f"  last lines of its stderr:\n{lines}"
+            )
+        header, _payload = message
+        if not header.get("ok"):
+            error = header.get("error") or {}
+            cls = BackendUnavailable if error.get("category") == "unavailable" else MinervaError
+            raise cls(f"{what}: {error.get('type')}: {error.get('message')}")
+        return header.get("value")
+    finally:
+        worker.stop()
+
+
+class WorkerPool:
+    """The worker processes of one session: one per engine and device, shared by every model
+    that engine loads, so the engine is imported once per session rather than once per load.
+
+    A worker that dies (or is killed at a time limit) is dropped; the backends it held
+    notice at their next call and load again in a fresh one.
+    """
+
+    def __init__(self) -> None:
+        self._workers: dict[tuple[str, str], _Worker] = {}
+        self.started = 0
+        #: Backend name -> the first line of its first crash in this pool (for the summary).
+        self.crashes: dict[str, str] = {}
+
+    def get(self, key: tuple[str, str]) -> _Worker:
+        worker = self._workers.get(key)
+        if worker is None or not worker.alive:
+            worker = _Worker(worker_environment())
+            self._workers[key] = worker
+            self.started += 1
+        return worker
+
+    def discard(self, key: tuple[str, str], worker: _Worker) -> None:
+        if self._workers.get(key) is worker:
+            del self._workers[key]
+
+    def close(self) -> None:
+        while self._workers:
+            _, worker = self._workers.popitem()
+            worker.stop()
+
+
+#: After this many crashes in a row of one backend, later calls fail at once with the last one.
+MAX_CONSECUTIVE_CRASHES = 3
+
+
 class IsolatedBackend:
     """A :class:`~pytest_minerva.backends.base.Backend` whose engine runs in a worker process.
 
-    The worker is started and the model loaded when this object is built. If the worker
-    dies or overruns a limit, the call raises :class:`WorkerCrashed` or
-    :class:`BackendTimeout`, and the next call starts a new worker and loads again.
-    Token timestamps are the worker's ``time.perf_counter()`` readings, which use the
-    same system-wide monotonic clock as this process on Linux and macOS.
+    The model is loaded in the ``pool``'s worker for this engine and device (a private
+    worker when no pool is given) when this object is built. If the worker dies or
+    overruns a limit, the call raises :class:`WorkerCrashed` or :class:`BackendTimeout`,
+    and the next call starts a new worker and loads again; after
+    :data:`MAX_CONSECUTIVE_CRASHES` crashes in a row the backend is given up on and each
+    call fails at once with the last crash. Token timestamps are the worker's
+    ``time.perf_counter()`` readings, which use the same system-wide monotonic clock as
+    this process on Linux and macOS.
     """
 
     def __init__(
@@ -809,6 +937,7 @@ class IsolatedBackend:
         *,
         what: str | None = None,
         needed: int | None = None,
+        pool: WorkerPool | None = None,
     ) -> None:
         self.spec = spec
         self.artifact = artifact
@@ -818,9 +947,15 @@ class IsolatedBackend:
         self.what = what or f"{spec.name} on {options.device} with {artifact.id}"
         self.name = spec.name
         self.device = options.device
+        self._own_pool = pool is None
+        self._pool = pool if pool is not None else WorkerPool()
+        self._key = (spec.name, options.device)
         self._worker: _Worker | None = None
+        self._handle: int | None = None
         self._loaded: dict[str, Any] = {}
         self.restarts = -1
+        self.crashes = 0
+        self._given_up: MinervaError | None = None
         self._start()
 
     @property
@@ -828,7 +963,12 @@ class IsolatedBackend:
         return self._worker.proc.pid if self._worker is not None else None
 
     def _start(self) -> None:
-        self._worker = _Worker(worker_environment())
+        if self._given_up is not None:
+            raise type(self._given_up)(
+                f"{self.what}: not tried again after {self.crashes} crashes in a row; the last: {self._given_up}"
+            )
+        self._worker = self._pool.get(self._key)
+        self._handle = None
         self.restarts += 1
         request = {
             "op": "load",
@@ -839,16 +979,21 @@ class IsolatedBackend:
         try:
             self._loaded = self._call(request, "loading", self.limits.load_s)["value"]
         except BaseException:
-            if self._worker is not None:
-                self._worker.stop()
-                self._worker = None
+            self._worker = None
             raise
+        self._handle = int(self._loaded["handle"])
 
     def _ensure(self) -> _Worker:
-        if self._worker is None:
+        if self._worker is None or not self._worker.alive:
             self._start()
         assert self._worker is not None
         return self._worker
+
+    def _lost(self, worker: _Worker) -> None:
+        worker.kill()
+        self._pool.discard(self._key, worker)
+        if self._worker is worker:
+            self._worker = None
 
     def _died(self, worker: _Worker, step: str) -> WorkerCrashed | OutOfMemory:
         try:
@@ -857,8 +1002,7 @@ class IsolatedBackend:
             worker.proc.kill()
             code = worker.proc.wait()
         tail = worker.stderr_tail()
-        worker.kill()
-        self._worker = None
+        self._lost(worker)
         detail = ""
         if code == -signal.SIGKILL and self.needed is not None:
             free = available_memory(self.device)
@@ -866,19 +1010,28 @@ class IsolatedBackend:
             detail = f"; the load needs about {human_bytes(self.needed)}{shown}"
         how = describe_exit(code, detail)
         lines = "\n".join(f"    {line}" for line in tail) or "    (nothing)"
-        return WorkerCrashed(
-            f"{self.what}: the worker process (pid {worker.proc.pid}) {how} during {step}; the next call "
-            f"starts a new worker.\n  last lines of its stderr:\n{lines}"
+        self.crashes += 1
+        again = (
+            "the next call starts a new worker"
+            if self.crashes < MAX_CONSECUTIVE_CRASHES
+            else f"after {self.crashes} crashes in a row it is not tried again in this session"
         )
+        error = WorkerCrashed(
+            f"{self.what}: the worker process (pid {worker.proc.pid}) {how} during {step}; {again}. "
+            f"Check the engine with: minerva doctor --backend {self.name}\n  last lines of its stderr:\n{lines}"
+        )
+        if self.crashes >= MAX_CONSECUTIVE_CRASHES:
+            self._given_up = error
+        self._pool.crashes.setdefault(self.name, f"{self.what}: {how} during {step}")
+        return error
 
     def _timed_out(self, worker: _Worker, step: str, seconds: float) -> BackendTimeout:
         if hasattr(signal, "SIGUSR1") and worker.proc.poll() is None:
             with contextlib.suppress(OSError):
                 os.kill(worker.proc.pid, signal.SIGUSR1)  # the worker's faulthandler prints where it is stuck
             time.sleep(0.5)
-        worker.kill()
+        self._lost(worker)
         tail = worker.stderr_tail()
-        self._worker = None
         lines = "\n".join(f"    {line}" for line in tail) or "    (nothing)"
         return BackendTimeout(
             f"{self.what}: {step} did not finish within {seconds:.0f} s ({self.limits.source()}); the worker "
@@ -909,23 +1062,29 @@ class IsolatedBackend:
         except TimeoutError:
             raise self._timed_out(worker, step, seconds) from None
         except ProtocolError:
-            worker.kill()
-            self._worker = None
+            self._lost(worker)
             raise
         if message is None:
             raise self._died(worker, step)
         header, payload = message
         if not header.get("ok"):
             self._raise_remote(header.get("error") or {}, step)
+        if step != "loading":
+            self.crashes = 0  # a load that works says nothing about the step that crashed
         return header, payload
+
+    def _send(self, worker: _Worker, request: dict[str, Any], step: str) -> None:
+        if request["op"] != "load":
+            request = {**request, "handle": self._handle}
+        try:
+            worker.send(request)
+        except (BrokenPipeError, OSError, ValueError):
+            raise self._died(worker, step) from None
 
     def _call(self, request: dict[str, Any], step: str, seconds: float) -> dict[str, Any]:
         worker = self._ensure() if request["op"] != "load" else self._worker
         assert worker is not None
-        try:
-            worker.send(request)
-        except (BrokenPipeError, OSError):
-            raise self._died(worker, step) from None
+        self._send(worker, request, step)
         header, payload = self._receive(worker, step, time.monotonic() + seconds, seconds)
         if "array" in header:
             header["value"] = decode_array(header["array"], payload)
@@ -961,6 +1120,21 @@ class IsolatedBackend:
         return self._call(request, step, self.limits.step_s(len(ids)))["value"]  # type: ignore[no-any-return]
 
     def stream(self, request: GenerationRequest) -> Iterator[TokenEvent]:
+        """The worker's events. The request is sent at the first ``next()``, and every event is
+        read before the first is yielded: the worker is shared with other models, so a caller
+        that interleaves two streams (or a stream and a ``logits`` call) must not read another
+        request's replies. If the worker fails part way, the events it sent are yielded first,
+        then the error is raised. Each event keeps the worker's own timestamp, taken when the
+        engine produced the token."""
+        events: list[TokenEvent] = []
+        try:
+            self._collect_stream(request, events)
+        except BaseException:
+            yield from events
+            raise
+        yield from events
+
+    def _collect_stream(self, request: GenerationRequest, events: list[TokenEvent]) -> None:
         from pytest_minerva.backends.base import TokenEvent
 
         step = f"generating {request.max_tokens} tokens"
@@ -969,34 +1143,21 @@ class IsolatedBackend:
         worker = self._ensure()
         payload = dataclasses.asdict(request)
         payload["prompt_ids"] = [int(t) for t in request.prompt_ids]
-        try:
-            worker.send({"op": "stream", "request": payload})
-        except (BrokenPipeError, OSError):
-            raise self._died(worker, step) from None
-        done = False
-        try:
-            while True:
-                header, _ = self._receive(worker, step, deadline, seconds)
-                if header.get("done"):
-                    done = True
-                    return
-                event = header["event"]
-                yield TokenEvent(
+        self._send(worker, {"op": "stream", "request": payload}, step)
+        while True:
+            header, _ = self._receive(worker, step, deadline, seconds)
+            if header.get("done"):
+                return
+            event = header["event"]
+            events.append(
+                TokenEvent(
                     int(event["index"]),
                     int(event["token"]),
                     str(event["text"]),
                     float(event["time_s"]),
                     event.get("finish_reason"),
                 )
-        finally:
-            if not done and self._worker is worker:
-                self._drain_stream(worker, step, deadline, seconds)
-
-    def _drain_stream(self, worker: _Worker, step: str, deadline: float, seconds: float) -> None:
-        """The caller stopped early: read the rest of the events so the next reply lines up."""
-        with contextlib.suppress(MinervaError):
-            while not self._receive(worker, step, deadline, seconds)[0].get("done"):
-                pass
+            )
 
     def info(self) -> dict[str, Any]:
         value = self._call({"op": "info"}, "info", self.limits.base_s)["value"]
@@ -1015,9 +1176,14 @@ class IsolatedBackend:
         raise AttributeError(name)
 
     def close(self) -> None:
-        if self._worker is not None:
-            worker, self._worker = self._worker, None
-            worker.stop()
+        worker, self._worker = self._worker, None
+        if worker is not None and worker.alive and self._handle is not None and not self._own_pool:
+            # Free this model in the shared worker; the worker itself serves the others on.
+            with contextlib.suppress(MinervaError, OSError, ValueError):
+                self._send(worker, {"op": "unload"}, "unloading")
+                self._receive(worker, "unloading", time.monotonic() + self.limits.base_s, self.limits.base_s)
+        if self._own_pool:
+            self._pool.close()
 
 
 def measure(backend: str, path: Path, repeats: int = 3) -> dict[str, float]:

@@ -16,7 +16,11 @@ import pytest
 from pytest_minerva.backends import BackendSpec
 from pytest_minerva.catalog import FORMATS, ArtifactSpec, ModelSpec
 
+#: The pairs the equivalence suite compares by default.
 PAIR_KINDS = ("cross-backend", "quantization")
+#: llama.cpp on the model's primary GGUF against every other case of the model: the tokenizer
+#: tests' reference is the engine that defines the GGUF format. Only made when asked for.
+TOKENIZER_PAIRS = "tokenizer"
 
 
 @dataclass(frozen=True)
@@ -137,7 +141,9 @@ def pairs(cases: Sequence[Case], kinds: Iterable[str] = PAIR_KINDS) -> list[Pair
     backend on each format's primary variant of the same model, on the same device: llama.cpp
     on the GGUF, transformers on that GGUF, mlx_lm on MLX, and any backend a plugin registers.
     quantization: llama.cpp on the most precise GGUF variant (reference) vs llama.cpp on every
-    other variant.
+    other variant. tokenizer (only when ``kinds`` names it): llama.cpp on the primary GGUF
+    (reference) vs every other case of the same model on the same device, every variant of
+    every format, so each tokenizer a model ships is compared with llama.cpp's.
     """
     wanted = set(kinds)
     out: list[Pair] = []
@@ -155,6 +161,14 @@ def pairs(cases: Sequence[Case], kinds: Iterable[str] = PAIR_KINDS) -> list[Pair
                         and case.model.name == model.name
                         and case.device == device
                         and case.artifact == model.primary(case.artifact.format)
+                    )
+            if TOKENIZER_PAIRS in wanted:
+                ref = _find(cases, model, "gguf", "llama_cpp", device, model.primary("gguf"))
+                if ref is not None:
+                    out.extend(
+                        Pair(TOKENIZER_PAIRS, ref, case)
+                        for case in cases
+                        if case != ref and case.model.name == model.name and case.device == device
                     )
             if "quantization" in wanted:
                 variants = model.variants("gguf")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from pytest_minerva.catalog import ArtifactSpec, ModelSpec
 from pytest_minerva.errors import MinervaError
@@ -12,8 +13,9 @@ from pytest_minerva.session import MinervaSession
 @dataclass(frozen=True)
 class ArtifactStatus:
     variant: str
-    state: str  # present | generated | derivable | missing
+    state: str  # present | generated | derived | derivable | missing
     where: str
+    manifest: dict[str, Any] | None = None
 
 
 def artifact_status(session: MinervaSession, model: ModelSpec, spec: ArtifactSpec) -> ArtifactStatus:
@@ -29,6 +31,9 @@ def artifact_status(session: MinervaSession, model: ModelSpec, spec: ArtifactSpe
     if spec.generator or (model.generator and not spec.derive_from):
         return ArtifactStatus(spec.variant, "generated", "built from the seed on first use (seconds), then cached")
     if spec.derive_from:
+        cached = resolver.cached_derivation(model, spec)
+        if cached is not None:
+            return ArtifactStatus(spec.variant, "derived", f"cached: {cached.path}", cached.manifest)
         sources = [s.variant for s in model.variants(spec.derive_from) if _is_obtainable(session, model, s)]
         if sources:
             return ArtifactStatus(spec.variant, "derivable", f"converted from {sources[0]} on first use, then cached")
@@ -38,7 +43,27 @@ def artifact_status(session: MinervaSession, model: ModelSpec, spec: ArtifactSpe
 
 
 def _is_obtainable(session: MinervaSession, model: ModelSpec, spec: ArtifactSpec) -> bool:
-    return artifact_status(session, model, spec).state in ("present", "generated", "derivable")
+    return artifact_status(session, model, spec).state in ("present", "generated", "derived", "derivable")
+
+
+def tokenizer_summary(manifest: dict[str, Any]) -> str | None:
+    """One line on the tokenizer checks a derived artifact's manifest records, or None if it records none."""
+    entry = manifest.get("tokenizer")
+    if not isinstance(entry, dict):
+        return None
+    corpus = entry.get("corpus") or {}
+    rule = str(entry.get("rule", "")).split(":", 1)[0]
+    parts = [f"rule {rule}"] if rule else []
+    if entry.get("verified"):
+        parts.append(f"{corpus.get('identical')}/{corpus.get('texts')} corpus texts as {entry.get('reference')}")
+    else:
+        parts.append(f"UNVERIFIED ({entry.get('unverified', 'not compared')})")
+    engine = entry.get("transformers_gguf_loader")
+    if isinstance(engine, dict) and engine.get("identical") != engine.get("texts"):
+        differing = int(engine.get("texts", 0)) - int(engine.get("identical", 0))
+        first = engine.get("first_difference")
+        parts.append(f"transformers' own GGUF tokenizer differs on {differing} (first {first})")
+    return "tokenizer: " + "; ".join(parts)
 
 
 def models_table(session: MinervaSession, names: list[str] | None = None) -> str:
@@ -50,4 +75,7 @@ def models_table(session: MinervaSession, names: list[str] | None = None) -> str
         for spec in model.artifacts:
             status = artifact_status(session, model, spec)
             lines.append(f"  {status.variant:<22} {status.state:<10} {status.where}")
+            summary = tokenizer_summary(status.manifest) if status.manifest else None
+            if summary:
+                lines.append(f"  {'':<22} {'':<10} {summary}")
     return "\n".join(lines) + "\n"

@@ -151,8 +151,15 @@ def register(parser: pytest.Parser) -> None:
         dest="minerva_isolate",
         action="store_true",
         default=None,
-        help="run backend loads and generations in a worker process so a crash fails one test instead of "
-        "the session (default: off, ini: minerva_isolate)",
+        help="run every backend, pure-Python ones too, in a worker process (default: engines that run native "
+        "code do, so a segfault fails the tests that touched it and the session goes on; ini: minerva_isolate)",
+    )
+    group.addoption(
+        "--minerva-no-isolate",
+        dest="minerva_isolate",
+        action="store_false",
+        help="run every backend in this process: faster loads, but a segfault in an engine ends the session "
+        "(ini: minerva_isolate = false)",
     )
     group.addoption(
         "--minerva-timeout",
@@ -184,10 +191,26 @@ def register(parser: pytest.Parser) -> None:
     parser.addini("minerva_model_dir", "directory of local model files")
     parser.addini("minerva_threads", "CPU threads per backend")
     parser.addini("minerva_no_derive", "skip formats that would be derived", type="bool", default=False)
-    parser.addini("minerva_isolate", "run risky backend steps in a worker process", type="bool", default=False)
+    parser.addini(
+        "minerva_isolate",
+        "which backends run in a worker process: auto (engines with native code), true (all), false (none)",
+        default="auto",
+    )
     parser.addini("minerva_timeout", "time limit in seconds for one backend load or generation")
     parser.addini("minerva_endpoint", "base URL of an OpenAI-compatible server (openai_http backend)")
     parser.addini("minerva_api_key_env", "environment variable holding the endpoint's API key")
+
+
+def isolate_mode(value: str) -> bool | None:
+    """The ``minerva_isolate`` ini value: ``auto`` -> None, true/false -> bool."""
+    text = value.strip().lower()
+    if text in ("", "auto"):
+        return None
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise pytest.UsageError(f"ini option minerva_isolate: {value!r} is not auto, true or false")
 
 
 @dataclass
@@ -202,7 +225,9 @@ class Settings:
     threads: int | None = None
     derive: bool = True
     update_golden: bool = False
-    isolate: bool = False
+    #: Which backends run in a worker process: None = those whose spec says they run native
+    #: code (the default), True = every backend, False = none.
+    isolate: bool | None = None
     timeout_s: float | None = None  # None: scaled to the artifact size (isolation.Limits.for_size)
     endpoint: str | None = None
     api_key_env: str | None = None
@@ -248,7 +273,7 @@ class Settings:
             threads=int(str(threads)) if threads else None,
             derive=not (no_derive if no_derive is not None else config.getini("minerva_no_derive")),
             update_golden=bool(config.getoption("minerva_update_golden")),
-            isolate=bool(isolate if isolate is not None else config.getini("minerva_isolate")),
+            isolate=isolate if isolate is not None else isolate_mode(str(config.getini("minerva_isolate"))),
             timeout_s=float(timeout) if timeout else None,  # type: ignore[arg-type]
             endpoint=str(pick("minerva_endpoint", "minerva_endpoint") or "") or None,
             api_key_env=str(pick("minerva_api_key_env", "minerva_api_key_env") or "") or None,

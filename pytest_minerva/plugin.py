@@ -80,7 +80,19 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, object, object]:
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
     session = config.stash.get(SESSION_KEY, None)
-    if session is None or not session.used:
+    if session is None:
+        return
+    if session.pool.crashes or session.in_process:
+        terminalreporter.section("minerva engines")
+        for name, first in session.pool.crashes.items():
+            terminalreporter.write_line(
+                f"{name} crashed: {first}; the tests that touched it failed, the others ran. "
+                f"Check this engine's build with: minerva doctor --backend {name}",
+                red=True,
+            )
+        for name, why in session.in_process.items():
+            terminalreporter.write_line(f"{name} ran in this process, without crash isolation: {why}", yellow=True)
+    if not session.used:
         return
     terminalreporter.section("minerva artifacts")
     for used in session.used.values():

@@ -537,7 +537,7 @@ def _backend_problems(document: Mapping[str, Any]) -> tuple[list[str], list[str]
     for backend in document["backends"]:
         if backend["status"] != "ok" and backend["case_id"] not in benchmarked:
             line = f"{backend['case_id']}: {backend['status']}: {backend['reason']}"
-            (errors if backend["status"] == "error" else notes).append(line)
+            (errors if backend["status"] in ("error", "crashed") else notes).append(line)
     return errors, notes
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_minerva.catalog import ArtifactSpec, Catalog, ModelSpec, check_name
-from pytest_minerva.derive.cache import ArtifactCache
+from pytest_minerva.derive.cache import ArtifactCache, CacheEntry
 from pytest_minerva.errors import ArtifactMissing, FormatError, MinervaError, PathEscape, UnknownModel, UnsafeFile
 
 SOURCES = ("explicit", "model-dir", "hf-cache", "package", "generated", "derived")
@@ -108,6 +108,10 @@ class ResolvedArtifact:
         if self.derived_from is not None:
             return f"{self.id} ({where}; {self.detail or 'derived from ' + self.derived_from.id})"
         return f"{self.id} ({where})"
+
+
+def _generated_key(model: ModelSpec, module: Any) -> str:
+    return f"{check_name(model.name)}-seed{model.seed}-v{module.VERSION}"
 
 
 def _sanitize_name(stem: str) -> str:
@@ -518,13 +522,8 @@ class Resolver:
             raise ArtifactMissing(
                 f"{self.how_to_get(model, spec)}. Nor can it be derived from {spec.derive_from}: {exc}"
             ) from None
-        target = DERIVATIONS.get((spec.derive_from, spec.format))
-        if target is None:
-            raise MinervaError(f"no converter from {spec.derive_from} to {spec.format}")
+        target, key, digest = self._derivation_key(model, spec, source)
         converter = load_target(target)
-        version = getattr(importlib.import_module(target.partition(":")[0]), "VERSION", "1")
-        digest = self.artifact_digest(source)
-        key = f"{check_name(model.name)}-{spec.format}-{digest[:20]}-v{version}"
         entry = self.cache.get_or_build("derived", key, lambda tmp: {"source_sha256": digest, **converter(source, tmp)})
         how = "built" if entry.built else "reused from the cache"
         detail = (
@@ -543,12 +542,54 @@ class Resolver:
             extra={"manifest": entry.manifest, "built": entry.built},
         )
 
+    def _derivation_key(self, model: ModelSpec, spec: ArtifactSpec, source: ResolvedArtifact) -> tuple[str, str, str]:
+        """The converter target, the cache key and the source digest of deriving ``spec`` from ``source``."""
+        assert spec.derive_from is not None
+        target = DERIVATIONS.get((spec.derive_from, spec.format))
+        if target is None:
+            raise MinervaError(f"no converter from {spec.derive_from} to {spec.format}")
+        version = getattr(importlib.import_module(target.partition(":")[0]), "VERSION", "1")
+        digest = self.artifact_digest(source)
+        return target, f"{check_name(model.name)}-{spec.format}-{digest[:20]}-v{version}", digest
+
+    def cached_derivation(self, model: ModelSpec, spec: ArtifactSpec) -> CacheEntry | None:
+        """The cache entry :meth:`resolve` would reuse for the derived ``spec``, or ``None``; builds nothing.
+
+        Its source must already be here: located, generated earlier, or itself derived earlier.
+        """
+        if not spec.derive_from:
+            return None
+        source = self._existing_source(model, spec.derive_from)
+        if source is None:
+            return None
+        _, key, _ = self._derivation_key(model, spec, source)
+        return self.cache.lookup("derived", key)
+
+    def _existing_source(self, model: ModelSpec, fmt: str) -> ResolvedArtifact | None:
+        """The artifact :meth:`best_source` would pick, when it exists without building anything."""
+        for spec in sorted(model.variants(fmt), key=lambda s: -quant_bits(s.quant)):
+            found = self.locate(model, spec)
+            if found is not None:
+                return ResolvedArtifact(model.name, spec.format, spec.quant, found[0], found[1], model.architecture)
+            generator = spec.generator or (model.generator if not spec.derive_from else None)
+            if generator and generator in GENERATORS:
+                module = load_target(GENERATORS[generator])
+                entry = self.cache.lookup("generated", _generated_key(model, module))
+                if entry is not None:
+                    path = module.artifact_path(entry.path, spec)
+                    return ResolvedArtifact(model.name, spec.format, spec.quant, path, "generated", model.architecture)
+            derived = self.cached_derivation(model, spec)
+            if derived is not None:
+                path = derived.path
+                return ResolvedArtifact(model.name, spec.format, spec.quant, path, "derived", model.architecture)
+        return None
+
     def _generate(self, model: ModelSpec, spec: ArtifactSpec, generator: str) -> ResolvedArtifact:
         target = GENERATORS.get(generator)
         if target is None:
             raise MinervaError(f"model {model.name!r} names unknown generator {generator!r}")
         module = load_target(target)
-        key = f"{check_name(model.name)}-seed{model.seed}-v{module.VERSION}"
+        key = _generated_key(model, module)
         entry = self.cache.get_or_build("generated", key, lambda tmp: module.build(model, tmp))
         path = module.artifact_path(entry.path, spec)
         how = "built" if entry.built else "reused from the cache"

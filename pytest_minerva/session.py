@@ -5,7 +5,8 @@ One :class:`MinervaSession` lives in ``config.stash[SESSION_KEY]``. It is also w
 
 Backends are loaded through :meth:`MinervaSession.build_backend`, which applies the
 guards of :mod:`pytest_minerva.isolation`: a memory check before the load, a time
-limit on the load and on every generation, and a worker process with ``--minerva-isolate``.
+limit on the load and on every generation, and, for every engine that runs native code,
+a worker process shared by that engine's models (``--minerva-no-isolate`` loads them here).
 """
 
 from __future__ import annotations
@@ -22,8 +23,17 @@ from pytest_minerva.backends import BackendRegistry, BackendSpec, builtin_regist
 from pytest_minerva.backends.base import Backend, LoadOptions
 from pytest_minerva.catalog import Catalog, ModelSpec
 from pytest_minerva.derive.cache import ArtifactCache, default_cache_dir
+from pytest_minerva.errors import BackendUnavailable
 from pytest_minerva.hardware import Hardware, detect
-from pytest_minerva.isolation import IsolatedBackend, Limits, artifact_bytes, check_memory, keep_stderr, load_guarded
+from pytest_minerva.isolation import (
+    IsolatedBackend,
+    Limits,
+    WorkerPool,
+    artifact_bytes,
+    check_memory,
+    keep_stderr,
+    load_guarded,
+)
 from pytest_minerva.matrix import Case, Pair, artifact_cases, backend_cases, pairs
 from pytest_minerva.options import Settings
 from pytest_minerva.resolve import ResolvedArtifact, Resolver, select_models
@@ -50,6 +60,9 @@ class MinervaSession:
     used: dict[str, UsedArtifact] = field(default_factory=dict)
     _loaded: OrderedDict[tuple[str, str, str], Backend] = field(default_factory=OrderedDict)
     _hardware: Hardware | None = None
+    pool: WorkerPool = field(default_factory=WorkerPool)
+    #: Backends that run in this process although isolation was due, and why (for the summary).
+    in_process: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def create(cls, settings: Settings, hook: Any = None) -> MinervaSession:
@@ -126,22 +139,52 @@ class MinervaSession:
         timeout: float | None = self.settings.timeout_s
         return Limits.for_size(artifact_bytes(artifact.path), timeout)
 
+    def isolates(self, spec: BackendSpec) -> bool:
+        """Whether ``spec`` runs in a worker: ``--minerva-isolate`` / ``--minerva-no-isolate``,
+        else every backend whose spec says it runs native code."""
+        return spec.native if self.settings.isolate is None else self.settings.isolate
+
+    def _local_make_backend(self) -> str | None:
+        """A ``pytest_minerva_make_backend`` implementation that a worker cannot run (one from a
+        conftest or a plugin object rather than a ``pytest_minerva`` entry point), or None."""
+        if self.hook is None:
+            return None
+        caller = getattr(self.hook, "pytest_minerva_make_backend", None)
+        impls = caller.get_hookimpls() if caller is not None else []
+        from_entry_points = {ep.module for ep in importlib.metadata.entry_points(group="pytest_minerva")}
+        for impl in impls:
+            module = getattr(impl.plugin, "__name__", "")
+            if module.split(":")[0] not in from_entry_points and module != "pytest_minerva.hookspecs":
+                return str(getattr(impl.plugin, "__file__", None) or impl.plugin_name)
+        return None
+
     def build_backend(self, case: Case, artifact: ResolvedArtifact, options: LoadOptions) -> Backend:
         """Load ``artifact`` for ``case`` under the run's guards.
 
         Skips (:class:`~pytest_minerva.isolation.NotEnoughMemory`, a BackendUnavailable)
-        when the load cannot fit in free memory. With ``--minerva-isolate`` the backend
-        runs in a worker process and the ``pytest_minerva_make_backend`` hooks of
-        entry-point plugins run there (a conftest's hook cannot); otherwise it runs here,
-        with time limits on the load and on each generation.
+        when the load cannot fit in free memory. An engine that runs native code is loaded in
+        the session's worker process for that engine (:meth:`isolates`), where the
+        ``pytest_minerva_make_backend`` hooks of entry-point plugins run; a crash there fails
+        the step with :class:`~pytest_minerva.isolation.WorkerCrashed` and the session goes on.
+        A backend the worker cannot build (its class lives in a conftest, or a conftest makes
+        it) is loaded here instead, and the summary says so. In this process every load and
+        generation still has its time limit.
         """
         assert case.backend is not None
         spec = case.backend
         what = f"{spec.name} on {options.device} with {artifact.id}"
         needed = check_memory(what, spec.name, artifact, options)
         limits = self.limits(artifact)
-        if self.settings.isolate:
-            return IsolatedBackend(spec, artifact, options, limits, what=what, needed=needed)
+        local_hook = self._local_make_backend() if self.isolates(spec) else None
+        if local_hook is not None:
+            self.in_process.setdefault(spec.name, f"a pytest_minerva_make_backend hook in {local_hook} builds it")
+        elif self.isolates(spec):
+            try:
+                return IsolatedBackend(spec, artifact, options, limits, what=what, needed=needed, pool=self.pool)
+            except BackendUnavailable as exc:
+                if self.settings.isolate or not self._importable_here(spec):
+                    raise
+                self.in_process.setdefault(spec.name, f"its worker could not build it ({str(exc).splitlines()[0]})")
 
         def build() -> Backend:
             built = None
@@ -150,6 +193,14 @@ class MinervaSession:
             return built if built is not None else spec.build(artifact, options)
 
         return load_guarded(what, build, limits, needed=needed, device=options.device)
+
+    @staticmethod
+    def _importable_here(spec: BackendSpec) -> bool:
+        try:
+            spec.factory()
+        except BackendUnavailable:
+            return False
+        return True
 
     def backend(self, case: Case) -> Backend:
         """A loaded backend for ``case``, shared between tests; at most a few stay loaded."""
@@ -180,6 +231,7 @@ class MinervaSession:
                 backend.close()
             except Exception:  # a failing close must not hide the test results
                 continue
+        self.pool.close()
 
     def versions(self) -> dict[str, str]:
         """Versions of the backend libraries, read from package metadata (nothing is imported)."""

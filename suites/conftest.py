@@ -7,8 +7,13 @@ from typing import Any
 
 import pytest
 
+from pytest_minerva import hypothesis_profiles
 from pytest_minerva.catalog import fixtures_dir
 from pytest_minerva.equivalence import load_known_divergences
+from pytest_minerva.tokenizer_corpus import load_tokenizer_divergences
+
+# The same profile as tests/conftest.py, for a run of suites/ alone: derandomized by default.
+hypothesis_profiles.load()
 
 
 def model_facts(model: str) -> list[dict[str, Any]]:
@@ -26,4 +31,14 @@ def mark_known_divergence(request: pytest.FixtureRequest, pair: Any) -> None:
     ref, cand = pair.reference, pair.candidate
     for divergence in load_known_divergences():
         if divergence.matches(ref.model.name, ref.backend.name, cand.backend.name):
+            request.applymarker(pytest.mark.xfail(reason=divergence.reason(), strict=True))
+
+
+def mark_tokenizer_divergence(request: pytest.FixtureRequest, pair: Any) -> None:
+    """Turn a tokenizer recorded in ``fixtures/tokenizer_divergences.toml`` into a strict xfail."""
+    cand = pair.candidate
+    if cand.backend is None:
+        return
+    for divergence in load_tokenizer_divergences():
+        if divergence.matches(cand.model.name, cand.artifact.format, cand.backend.name):
             request.applymarker(pytest.mark.xfail(reason=divergence.reason(), strict=True))

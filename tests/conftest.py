@@ -2,19 +2,12 @@ from __future__ import annotations
 
 import os
 
-from hypothesis import HealthCheck, settings
+from pytest_minerva import hypothesis_profiles
 
 pytest_plugins = ["pytester"]
 
-settings.register_profile(
-    "ci",
-    deadline=None,
-    derandomize=True,
-    print_blob=True,
-    suppress_health_check=[HealthCheck.too_slow],
-)
-settings.register_profile("dev", deadline=None, max_examples=50)
-settings.load_profile("ci" if os.environ.get("CI") else os.environ.get("HYPOTHESIS_PROFILE", "dev"))
+# Derandomized unless HYPOTHESIS_PROFILE or --hypothesis-profile says otherwise (see the module).
+hypothesis_profiles.load()
 
 # pytester points HOME at a temporary directory; keep derived artifacts in the real
 # user cache so inline runs reuse them instead of converting models again.

@@ -16,6 +16,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -34,7 +35,9 @@ from pytest_minerva.derive.gguf_to_safetensors import (
 )
 from pytest_minerva.derive.safetensors_to_mlx import check_mlx_config
 from pytest_minerva.errors import ArtifactMissing, FormatError
+from pytest_minerva.models_report import models_table
 from pytest_minerva.resolve import ResolvedArtifact, Resolver
+from pytest_minerva.tokenizer_corpus import corpus_sha256, load_corpus
 
 PROMPT = "The capital of France is"
 PASSAGE = (
@@ -322,6 +325,40 @@ def test_safetensors_manifest_describes_the_conversion(smollm2: Chain) -> None:
     assert json.loads((smollm2.safetensors.path / "tokenizer_config.json").read_text())["add_bos_token"] is False
 
 
+def test_safetensors_manifest_records_the_tokenizer_checks_it_passed(smollm2: Chain) -> None:
+    texts = len(load_corpus())
+    tokenizer = smollm2.safetensors.extra["manifest"]["tokenizer"]
+    assert tokenizer["verified"] is True
+    assert tokenizer["reference"].startswith("llama.cpp (llama-cpp-python ")
+    assert tokenizer["corpus"] == {
+        "file": "tokenizer_corpus.json",
+        "sha256": corpus_sha256(),
+        "texts": texts,
+        "identical": texts,
+    }
+    assert (tokenizer["gguf_model"], tokenizer["gguf_pre"]) == ("gpt2", "smollm")
+    assert tokenizer["rule"].startswith("smollm: each digit on its own")
+    engine = tokenizer["transformers_gguf_loader"]
+    assert engine["first_difference"] == "'  0': llama.cpp [256, 32], transformers [216, 216, 32]"
+    assert engine["texts"] == texts > engine["identical"]
+    mlx = smollm2.mlx.extra["manifest"]["tokenizer"]
+    assert mlx["verified"] is True and mlx["corpus"]["identical"] == texts
+
+
+def test_models_list_shows_the_tokenizer_checks_of_a_derived_artifact(smollm2: Chain) -> None:
+    catalog = Catalog.load()
+    model = catalog.get("smollm2-135m")
+    resolver = Resolver(ArtifactCache(smollm2.safetensors.path.parents[1]))
+    cached = resolver.cached_derivation(model, model.artifact("safetensors"))
+    assert cached is not None and cached.path == smollm2.safetensors.path
+    table = models_table(SimpleNamespace(catalog=catalog, resolver=resolver), ["smollm2-135m"])  # type: ignore[arg-type]
+    texts = len(load_corpus())
+    assert f"safetensors-f32        derived    cached: {smollm2.safetensors.path}" in table
+    assert f"tokenizer: rule smollm; {texts}/{texts} corpus texts as llama.cpp (llama-cpp-python " in table
+    assert "transformers' own GGUF tokenizer differs on " in table
+    assert f"tokenizer: {texts}/{texts} corpus texts as the source SafeTensors tokenizer" in table
+
+
 def test_mlx_manifest_describes_the_conversion(smollm2: Chain) -> None:
     manifest = smollm2.mlx.extra["manifest"]
     assert manifest["format"] == "mlx"
@@ -463,6 +500,9 @@ def test_gemma3_converts_and_matches_its_gguf(gemma: Chain) -> None:
     assert "layer_types" in manifest["checks"][0]
     assert "sliding_rope_theta" in manifest["checks"][0]
     assert gemma.mlx.extra["manifest"]["mlx_model_class"] == "mlx_lm.models.gemma3_text.Model"
+    tokenizer = manifest["tokenizer"]
+    assert tokenizer["rule"].startswith("spm-no-prefix: ")
+    assert tokenizer["verified"] is True and tokenizer["corpus"]["identical"] == len(load_corpus())
     assert check_config_against_gguf(gemma.safetensors.path, gemma.gguf.path) == []
     assert check_mlx_config(gemma.mlx.path, gemma.safetensors.path) == []
 

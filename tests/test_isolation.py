@@ -550,11 +550,186 @@ def test_a_segfault_fails_one_test_and_the_session_goes_on(plugin_project: pytes
     )
 
 
-def test_without_isolation_the_same_segfault_kills_the_session(plugin_project: pytest.Pytester) -> None:
+DEFAULT_TESTS = """
+import numpy as np
+
+def test_before(backend):
+    assert backend.logits([2]).shape == (1, 8)
+
+def test_dereferences_null(backend):
+    backend.logits([1, 13])  # the engine reads address 0 through ctypes: a real SIGSEGV
+
+def test_after(backend):
+    assert backend.logits([2, 3]).tolist() == [[2.0 * i for i in range(8)], [3.0 * i for i in range(8)]]
+
+def test_stream_after(backend):
+    from pytest_minerva.backends.base import GenerationRequest
+    assert len(list(backend.stream(GenerationRequest((1,), max_tokens=3)))) == 3
+"""
+
+
+def test_by_default_a_real_segfault_fails_only_the_test_that_touched_it(plugin_project: pytest.Pytester) -> None:
+    plugin_project.makepyfile(test_default=DEFAULT_TESTS)
+    result = run(plugin_project, "--model", "toy.gguf", "--backend", "misbehaving", "-p", "no:cacheprovider")
+    assert result.ret == 1
+    result.assert_outcomes(passed=3, failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*WorkerCrashed: misbehaving on cpu with toy-gguf-f32: the worker process (pid *) killed by signal "
+            "SIGSEGV (Segmentation fault) during logits of 2 tokens; the next call starts a new worker. "
+            "Check the engine with: minerva doctor --backend misbehaving*",
+            "*= minerva engines =*",
+            "misbehaving crashed: misbehaving on cpu with toy-gguf-f32: killed by signal SIGSEGV * during logits of "
+            "2 tokens; the tests that touched it failed, the others ran. Check this engine's build with: "
+            "minerva doctor --backend misbehaving",
+            "*FAILED test_default.py::test_dereferences_null*",
+            "*= 1 failed, 3 passed in *",
+        ]
+    )
+
+
+def test_with_no_isolate_the_same_segfault_kills_the_session(plugin_project: pytest.Pytester) -> None:
     plugin_project.makepyfile(test_two=TESTS)
-    result = run(plugin_project, "--model", "toy.gguf", "--backend", "misbehaving")
+    result = run(plugin_project, "--model", "toy.gguf", "--backend", "misbehaving", "--minerva-no-isolate")
     assert result.ret == -signal.SIGSEGV
     assert "passed" not in result.stdout.str()
+    ini = run(plugin_project, "--model", "toy.gguf", "--backend", "misbehaving", "-o", "minerva_isolate=false")
+    assert ini.ret == -signal.SIGSEGV
+
+
+def test_a_bad_isolate_ini_value_is_a_usage_error(plugin_project: pytest.Pytester) -> None:
+    result = run(plugin_project, "--model", "toy.gguf", "-o", "minerva_isolate=sometimes")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*ini option minerva_isolate: 'sometimes' is not auto, true or false*"])
+
+
+def test_models_of_one_engine_share_one_worker(on_path: Path, tmp_path: Path) -> None:
+    from pytest_minerva.isolation import WorkerPool
+
+    pool = WorkerPool()
+    first_dir, second_dir = tmp_path / "a", tmp_path / "b"
+    first_dir.mkdir()
+    second_dir.mkdir()
+    options = LoadOptions(threads=1)
+    limits = Limits.for_size(4 << 20, 20.0)
+    first = IsolatedBackend(SPEC, small_artifact(first_dir), options, limits, pool=pool)
+    second = IsolatedBackend(SPEC, small_artifact(second_dir), options, limits, pool=pool)
+    try:
+        assert first.pid == second.pid and pool.started == 1
+        # Interleaved streams and calls on one worker do not read each other's replies.
+        stream = first.stream(GenerationRequest((1,), max_tokens=3))
+        np.testing.assert_array_equal(second.logits([4]), expected_logits([4]))
+        assert [e.index for e in stream] == [0, 1, 2]
+        with pytest.raises(WorkerCrashed):
+            first.logits([1, CRASH_SEGV])
+        # The crash took the other model's worker too: it loads again, transparently.
+        np.testing.assert_array_equal(second.logits([5]), expected_logits([5]))
+        assert second.restarts == 1 and pool.started == 2
+        assert pool.crashes == {"misbehaving": pool.crashes["misbehaving"]}
+        assert "killed by signal SIGSEGV" in pool.crashes["misbehaving"]
+        second.close()
+        np.testing.assert_array_equal(first.logits([6]), expected_logits([6]))
+        assert first.pid == second.pid or second.pid is None
+    finally:
+        first.close()
+        second.close()
+        pool.close()
+
+
+def test_after_three_crashes_in_a_row_a_backend_is_given_up(on_path: Path, tmp_path: Path) -> None:
+    backend = start(tmp_path)
+    try:
+        for _ in range(isolation.MAX_CONSECUTIVE_CRASHES):
+            with pytest.raises(WorkerCrashed):
+                backend.logits([1, CRASH_SEGV])
+        pid = backend.pid
+        with pytest.raises(WorkerCrashed, match="not tried again after 3 crashes in a row"):
+            backend.logits([2])
+        assert backend.pid == pid is None
+    finally:
+        backend.close()
+
+
+CONFTEST_LOCAL_CLASS = """
+import numpy as np
+from pytest_minerva.backends import BackendSpec
+from pytest_minerva.backends.base import TokenEvent
+
+class LocalBackend:
+    name = "local"
+    vocab_size = 8
+    bos_id = None
+    eos_id = None
+
+    def __init__(self, artifact, options):
+        self.device = options.device
+
+    def tokenize(self, text, *, add_bos=False):
+        return [1, 2]
+
+    def detokenize(self, ids):
+        return "x" * len(ids)
+
+    def logits(self, ids):
+        return np.ones((len(ids), 8), dtype=np.float32)
+
+    def incremental_logits(self, ids, prefix_len):
+        return self.logits(ids)
+
+    def stream(self, request):
+        yield TokenEvent(0, 1, "x", 0.0, "length")
+
+    def info(self):
+        return {}
+
+    def close(self):
+        pass
+
+def pytest_minerva_register_backends(registry):
+    # A class in a conftest that a worker process cannot import as the parent does.
+    registry.add(BackendSpec("local", formats=("gguf",), target="no_such_module_here:LocalBackend"))
+
+def pytest_minerva_make_backend(spec, artifact, options):
+    if spec.name == "local":
+        return LocalBackend(artifact, options)
+"""
+
+
+def test_a_class_the_worker_cannot_import_falls_back_to_this_process(pytester: pytest.Pytester) -> None:
+    pytester.makeconftest(
+        CONFTEST_LOCAL_CLASS.split("def pytest_minerva_register_backends")[0]
+        + """
+import sys, types
+module = types.ModuleType("made_in_memory")  # importable here, not in a worker process
+module.LocalBackend = LocalBackend
+sys.modules["made_in_memory"] = module
+
+def pytest_minerva_register_backends(registry):
+    registry.add(BackendSpec("local", formats=("gguf",), target="made_in_memory:LocalBackend"))
+"""
+    )
+    (pytester.path / "toy.gguf").write_bytes(small_gguf_bytes())
+    pytester.makepyfile(test_local="def test_uses(backend):\n    assert backend.logits([1]).shape == (1, 8)\n")
+    result = run(pytester, "--model", "toy.gguf", "--backend", "local")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(
+        ["local ran in this process, without crash isolation: its worker could not build it (backend local: "
+         "cannot import made_in_memory:LocalBackend*"]
+    )
+    forced = run(pytester, "--model", "toy.gguf", "--backend", "local", "--minerva-isolate", "-rs")
+    forced.assert_outcomes(skipped=1)  # asked for isolation: no silent fallback
+
+
+def test_a_backend_only_a_conftest_can_build_runs_here_and_the_summary_says_so(pytester: pytest.Pytester) -> None:
+    pytester.makeconftest(CONFTEST_LOCAL_CLASS)
+    (pytester.path / "toy.gguf").write_bytes(small_gguf_bytes())
+    pytester.makepyfile(test_local="def test_uses(backend):\n    assert backend.logits([1]).shape == (1, 8)\n")
+    result = run(pytester, "--model", "toy.gguf", "--backend", "local")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(
+        ["*= minerva engines =*", "local ran in this process, without crash isolation: a pytest_minerva_make_backend "
+         "hook in *conftest.py builds it"]
+    )
 
 
 def test_a_hang_fails_one_test_in_process_and_in_a_worker(plugin_project: pytest.Pytester) -> None:
@@ -574,7 +749,10 @@ def test_a_hang_fails_one_test_in_process_and_in_a_worker(plugin_project: pytest
     isolated.stdout.fnmatch_lines(
         ["*BackendTimeout: *logits of 1 tokens did not finish within 2 s (--minerva-timeout)*"]
     )
-    in_process = run(plugin_project, "--model", "toy.gguf", "--backend", "misbehaving", "--minerva-timeout", "1")
+    in_process = run(
+        plugin_project, "--model", "toy.gguf", "--backend", "misbehaving", "--minerva-timeout", "1",
+        "--minerva-no-isolate",
+    )  # fmt: skip
     # In process, the engine's state after an interrupted call is unknown: later calls fail fast.
     in_process.assert_outcomes(failed=2)
     in_process.stdout.fnmatch_lines(
@@ -598,13 +776,16 @@ def test_a_native_hang_in_process_ends_the_job_with_tracebacks(plugin_project: p
         """
     )
     started = time.monotonic()
-    result = run(plugin_project, "--model", "toy.gguf", "--backend", "misbehaving", "--minerva-timeout", "1")
+    result = run(
+        plugin_project, "--model", "toy.gguf", "--backend", "misbehaving", "--minerva-timeout", "1",
+        "--minerva-no-isolate",
+    )  # fmt: skip
     assert time.monotonic() - started < 60
     assert result.ret == 70
     result.stderr.fnmatch_lines(
         [
             "pytest-minerva: misbehaving on cpu with toy-gguf-f32: logits of 1 tokens is still running 1 s past its "
-            "time limit*--minerva-isolate*",
+            "time limit*without --minerva-no-isolate*",
             "*in stuck*",
         ]
     )

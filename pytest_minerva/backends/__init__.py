@@ -41,7 +41,12 @@ class BackendSpec:
     ``requires`` lists import names that must be importable (checked without
     importing them); ``distributions`` the PyPI names whose versions go into reports.
     ``opt_in`` backends run only when named with ``--backend`` (a served model, which
-    starts a server per artifact, is not part of the default matrix).
+    starts a server per artifact, is not part of the default matrix). ``native`` says the
+    engine runs native code in the process that loads it, where a segfault or abort would
+    end that process: such backends run in a worker process by default
+    (:mod:`pytest_minerva.isolation`). Only a backend that is pure Python in this process
+    (an HTTP client, say) should set it to False. ``crash_hint`` is what ``minerva doctor``
+    tells a user whose engine crashed.
     """
 
     name: str
@@ -54,6 +59,8 @@ class BackendSpec:
     description: str = ""
     options: dict[str, object] = field(default_factory=dict)
     opt_in: bool = False
+    native: bool = True
+    crash_hint: str = ""
 
     def missing_requirements(self) -> list[str]:
         return [name for name in self.requires if importlib.util.find_spec(name) is None]
@@ -138,6 +145,8 @@ def builtin_registry() -> BackendRegistry:
             distributions=("llama-cpp-python",),
             install_hint="pip install 'pytest-minerva[gguf]'",
             description="llama.cpp through llama-cpp-python",
+            crash_hint="rebuild llama-cpp-python for this CPU (native off, its SIMD flags, AMX off) and "
+            'smoke-check it: python -m pytest_minerva.backends.llama_cpp_build install --python "$(command -v python)"',
         )
     )
     registry.add(
@@ -149,6 +158,8 @@ def builtin_registry() -> BackendRegistry:
             requires=("torch", "transformers"),
             distributions=("transformers", "torch", "accelerate", "gguf"),
             install_hint="pip install 'pytest-minerva[transformers]'",
+            crash_hint="reinstall torch for this machine (CPU: pip install torch --index-url "
+            "https://download.pytorch.org/whl/cpu)",
             description="Hugging Face transformers on torch (GGUF is dequantized on load)",
         )
     )
@@ -175,6 +186,7 @@ def builtin_registry() -> BackendRegistry:
             install_hint="pip install 'pytest-minerva[serve]'",
             description="any OpenAI-compatible server (--minerva-endpoint), else llama_cpp.server on loopback",
             opt_in=True,
+            native=False,
         )
     )
     return registry

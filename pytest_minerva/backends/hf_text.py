@@ -88,3 +88,17 @@ class HfTokenizerMixin:
             raise MinervaError(f"{self.name}: need at least one token")
         if n > self.n_ctx:
             raise MinervaError(f"{self.name}: {n} tokens exceed the context of {self.n_ctx} (LoadOptions.n_ctx)")
+
+
+class HfTokenizerText(HfTokenizerMixin):
+    """The text methods of :class:`HfTokenizerMixin` over a tokenizer alone, with no model loaded.
+
+    Converters use it to check a tokenizer they write exactly as the backends will use it.
+    """
+
+    def __init__(self, tokenizer: Any, name: str, path: str | Path) -> None:
+        self.name = name
+        self.artifact_path = Path(path)
+        self.n_ctx = 0
+        self._closed = False
+        self._text_tokenizer = tokenizer

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import codecs
 import ctypes
+import logging
 import os
 import time
 from collections.abc import Iterator, Sequence
@@ -37,6 +38,16 @@ if TYPE_CHECKING:
 
 _GPU_DEVICES = ("cuda", "metal")
 _PIECE_BUFFER = 64
+
+
+def _token_piece(vocab: Any, token: int, buffer: Any) -> bytes:
+    """The bytes of one token, special tokens rendered as their text; ``buffer`` is reused when it is big enough."""
+    n = llama_cpp.llama_token_to_piece(vocab, token, buffer, len(buffer), 0, True)
+    if n < 0:
+        bigger = ctypes.create_string_buffer(-n)
+        n = llama_cpp.llama_token_to_piece(vocab, token, bigger, -n, 0, True)
+        return bigger.raw[:n]
+    return bytes(buffer.raw[:n])
 
 
 def _default_threads() -> int:
@@ -144,12 +155,7 @@ class LlamaCppBackend:
         return ids
 
     def _piece_bytes(self, token: int) -> bytes:
-        n = llama_cpp.llama_token_to_piece(self._vocab, token, self._piece, _PIECE_BUFFER, 0, True)
-        if n < 0:
-            bigger = ctypes.create_string_buffer(-n)
-            n = llama_cpp.llama_token_to_piece(self._vocab, token, bigger, -n, 0, True)
-            return bigger.raw[:n]
-        return self._piece.raw[:n]
+        return _token_piece(self._vocab, token, self._piece)
 
     def detokenize(self, ids: Sequence[int]) -> str:
         """Concatenated token pieces, special tokens rendered as their text."""
@@ -298,6 +304,20 @@ class LlamaCppBackend:
         value = self._llm.metadata.get(key)
         return None if value is None else str(value)
 
+    @classmethod
+    def build_facts(cls) -> dict[str, Any]:
+        """How this llama.cpp was built, without loading a model: version, GPU offload and
+        ``llama_print_system_info`` (the instruction sets and backends compiled in)."""
+        from pytest_minerva.backends.llama_cpp_build import enabled_features
+
+        system = llama_cpp.llama_print_system_info().decode("utf-8", errors="replace").strip()
+        return {
+            "version": llama_cpp.__version__,
+            "gpu_offload": bool(llama_cpp.llama_supports_gpu_offload()),
+            "features": enabled_features(system),
+            "system_info": system,
+        }
+
     def info(self) -> dict[str, Any]:
         """Engine, versions, device, threads, context sizes and the model as llama.cpp sees it."""
         self._check_open()
@@ -334,3 +354,64 @@ class LlamaCppBackend:
         llama_cpp.llama_batch_free(self._batch)
         self._llm.close()
         del self._llm
+
+
+class LlamaCppVocab:
+    """llama.cpp's tokenizer alone: a GGUF loaded with ``vocab_only`` (no weights, no context).
+
+    It tokenizes exactly as :class:`LlamaCppBackend` does, in a fraction of a second and a few
+    megabytes, so a converter can check a tokenizer it writes against llama.cpp's.
+    """
+
+    name = "llama_cpp"
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = str(path)
+        params = llama_cpp.llama_model_default_params()
+        params.vocab_only = True
+        # llama-cpp-python prints llama.cpp's loader warnings at its ERROR level; a failed load is
+        # reported below instead.
+        logger = logging.getLogger("llama-cpp-python")
+        level = logger.level
+        logger.setLevel(logging.CRITICAL)
+        try:
+            model = llama_cpp.llama_model_load_from_file(self.path.encode("utf-8"), params)
+        finally:
+            logger.setLevel(level)
+        if not model:
+            raise FormatError(self.path, f"llama.cpp {llama_cpp.__version__} cannot load its vocabulary")
+        self._model: Any = model
+        self._vocab = llama_cpp.llama_model_get_vocab(model)
+        self._piece = ctypes.create_string_buffer(_PIECE_BUFFER)
+
+    def tokenize(self, text: str, *, add_bos: bool = False) -> list[int]:
+        """Token ids with special-token parsing off, as :meth:`LlamaCppBackend.tokenize`."""
+        self._check_open()
+        data = text.encode("utf-8")
+        capacity = len(data) + 8
+        for _ in range(2):
+            tokens = (llama_cpp.llama_token * capacity)()
+            n = llama_cpp.llama_tokenize(self._vocab, data, len(data), tokens, capacity, add_bos, False)
+            if n >= 0:
+                return [int(t) for t in tokens[:n]]
+            capacity = -n
+        raise MinervaError(f"{self.path}: llama.cpp could not tokenize a text of {len(data)} bytes")
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        self._check_open()
+        return b"".join(_token_piece(self._vocab, int(t), self._piece) for t in ids).decode("utf-8", errors="replace")
+
+    def _check_open(self) -> None:
+        if self._model is None:
+            raise MinervaError(f"llama.cpp vocabulary of {self.path} is closed")
+
+    def close(self) -> None:
+        if self._model is not None:
+            llama_cpp.llama_model_free(self._model)
+            self._model = None
+
+    def __enter__(self) -> LlamaCppVocab:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

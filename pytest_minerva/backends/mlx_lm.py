@@ -168,6 +168,17 @@ class MlxLmBackend(HfTokenizerMixin):
             # generate_step queued one step past the last token; let it finish before the next run.
             mx.synchronize(self._stream)
 
+    @classmethod
+    def build_facts(cls) -> dict[str, Any]:
+        """mlx-lm and MLX versions, and the device MLX computes on by default."""
+        metal = getattr(mx, "metal", None)
+        return {
+            "version": getattr(mlx_lm, "__version__", None),
+            "mlx": _mlx_version(),
+            "default_device": str(mx.default_device()),
+            "metal": bool(metal is not None and metal.is_available()),
+        }
+
     def info(self) -> dict[str, Any]:
         """Engine and MLX versions, device, dtype and the model's shape."""
         self._check_open()

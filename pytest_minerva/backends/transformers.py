@@ -281,6 +281,18 @@ class TransformersBackend(HfTokenizerMixin):
         """Greedy tokens for each prompt, batched; see :meth:`timed_generate_batch` for timings."""
         return self.timed_generate_batch(prompts, max_tokens).tokens
 
+    @classmethod
+    def build_facts(cls) -> dict[str, Any]:
+        """transformers and torch versions, torch's CPU kernels and the GPUs it sees."""
+        mps = getattr(torch.backends, "mps", None)
+        return {
+            "version": transformers.__version__,
+            "torch": torch.__version__,
+            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "cuda": torch.version.cuda if torch.cuda.is_available() else None,
+            "mps": bool(mps is not None and mps.is_available()),
+        }
+
     def info(self) -> dict[str, Any]:
         """Engine and torch versions, device, threads, dtype and how the weights were loaded."""
         self._check_open()

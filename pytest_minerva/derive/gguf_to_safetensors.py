@@ -8,7 +8,15 @@ without a ``quantization_config``, the tokenizer files and ``generation_config.j
 Nothing is handed back unchecked. The written config is read again and compared,
 key by key, with the GGUF metadata (:func:`check_config_against_gguf`); the weights
 file's header is compared with the model that was loaded; the saved tokenizer must
-give the GGUF tokenizer's ids and add a BOS token exactly when the GGUF says to.
+split every text of ``fixtures/tokenizer_corpus.json`` exactly as llama.cpp does on the
+GGUF, and add a BOS token exactly when the GGUF says to.
+
+The tokenizer is transformers' GGUF conversion with the normalizer and pre-tokenizer
+llama.cpp uses for the file's ``tokenizer.ggml.pre`` written in
+(:mod:`~pytest_minerva.derive.gguf_tokenizer`): transformers' own conversion loses some of
+them (SmolLM2's digit rule). A type that module does not know fails the conversion. The
+manifest's ``tokenizer`` entry records the rule, the corpus checks passed and how often
+transformers' own conversion disagrees with llama.cpp.
 
 What the GGUF declares that ``config.json`` has no field for is recorded under the
 ``minerva_gguf`` key of ``config.json`` (``add_bos_token``, ``add_eos_token``, the
@@ -25,23 +33,33 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from pytest_minerva.derive.gguf_tokenizer import TokenizerRule, apply_rule, tokenizer_rule
 from pytest_minerva.errors import FormatError, MinervaError
+from pytest_minerva.tokenizer_corpus import (
+    CORPUS_FILE,
+    TokenizerMismatch,
+    compare_on_corpus,
+    corpus_sha256,
+    load_corpus,
+)
 
 if TYPE_CHECKING:
     from pytest_minerva.resolve import ResolvedArtifact
 
-VERSION = "2"
+#: Part of the cache key of every derived directory: bump it whenever what is written can change.
+#: 3: the tokenizer splits text as llama.cpp does (SmolLM2's digits), checked on the corpus.
+VERSION = "3"
 WEIGHTS_FILE = "model.safetensors"
 #: The ``config.json`` key holding what the GGUF declared that no config field holds.
 GGUF_RECORD_KEY = "minerva_gguf"
-TOOLS = ("transformers", "torch", "safetensors", "gguf", "tokenizers", "accelerate")
+TOOLS = ("transformers", "torch", "safetensors", "gguf", "tokenizers", "accelerate", "llama_cpp_python")
 
 # llama.cpp hard-codes these for gemma3 when the GGUF names no value (llama-model.cpp).
 _GEMMA3_SWA_ROPE_BASE = 10000.0
 _GEMMA3_SWA_PATTERN = 6
 # Arrays longer than this (token lists, merges) are kept as lengths only.
 _SHORT_ARRAY = 64
-#: Strings whose token ids must survive every conversion unchanged.
+#: Strings whose token ids must survive every conversion unchanged (also in the tokenizer corpus).
 TOKENIZER_PROBES = (
     "The capital of France is",
     " leading space and  two spaces",
@@ -500,14 +518,21 @@ def _check_weights_file(
     )
 
 
-def _save_tokenizer(tokenizer: Any, dest: Path, header: GGUFHeader) -> None:
+#: The class a derived tokenizer is loaded as: one that uses ``tokenizer.json`` as written. A
+#: model's own class (``GPT2Tokenizer``, ``Qwen2Tokenizer``...) rebuilds its normalizer and
+#: pre-tokenizer on load, which would undo the rule written into the file.
+TOKENIZER_CLASS = "PreTrainedTokenizerFast"
+
+
+def save_tokenizer(tokenizer: Any, dest: Path, header: GGUFHeader, rule: TokenizerRule) -> None:
+    """Write transformers' GGUF tokenizer into ``dest`` with ``rule`` applied and the GGUF's BOS/EOS flags."""
+    apply_rule(tokenizer, rule, header)
     tokenizer.save_pretrained(dest)
     add_bos = header.fields.get("tokenizer.ggml.add_bos_token")
     add_eos = header.fields.get("tokenizer.ggml.add_eos_token")
-    if add_bos is None and add_eos is None:
-        return
     path = dest / "tokenizer_config.json"
     data = _read_json(path)
+    data["tokenizer_class"] = TOKENIZER_CLASS
     if add_bos is not None:
         data["add_bos_token"] = add_bos
     if add_eos is not None:
@@ -515,16 +540,35 @@ def _save_tokenizer(tokenizer: Any, dest: Path, header: GGUFHeader) -> None:
     path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
-def _check_tokenizer(dest: Path, gguf_tokenizer: Any, header: GGUFHeader) -> str:
-    """The saved tokenizer must tokenize like the GGUF one and honour its BOS flag."""
+def _llama_cpp_vocab(gguf_path: Path) -> tuple[Any, str | None]:
+    """llama.cpp's tokenizer for the GGUF, or None and why it cannot be had here."""
+    import importlib.util
+
+    if importlib.util.find_spec("llama_cpp") is None:
+        return None, "llama-cpp-python is not installed"
+    from pytest_minerva.backends.llama_cpp import LlamaCppVocab
+
+    return LlamaCppVocab(gguf_path), None
+
+
+def _first_difference(mismatches: list[TokenizerMismatch], candidate: str) -> str:
+    m = mismatches[0]
+    return f"{m.case.text!r}: llama.cpp {m.reference_ids}, {candidate} {m.candidate_ids}"
+
+
+def check_tokenizer(
+    dest: Path, header: GGUFHeader, rule: TokenizerRule, reference: Any, unverified: str | None
+) -> tuple[str, dict[str, Any]]:
+    """The saved tokenizer must tokenize like llama.cpp on the GGUF and honour its BOS flag.
+
+    Returns the check line and the manifest's ``tokenizer`` entry.
+    """
     from transformers import AutoTokenizer
+
+    from pytest_minerva.backends.hf_text import HfTokenizerText
 
     gguf_path = header.path
     saved = AutoTokenizer.from_pretrained(dest)
-    for text in TOKENIZER_PROBES:
-        want, have = gguf_tokenizer(text).input_ids, saved(text).input_ids
-        if want != have:
-            raise FormatError(gguf_path, f"the saved tokenizer gives {have} for {text!r}, the GGUF tokenizer {want}")
     n_tokens = header.array_lengths.get("tokenizer.ggml.tokens")
     if n_tokens is not None and len(saved) != n_tokens:
         raise FormatError(gguf_path, f"the saved tokenizer has {len(saved)} tokens, the GGUF lists {n_tokens}")
@@ -544,10 +588,47 @@ def _check_tokenizer(dest: Path, gguf_tokenizer: Any, header: GGUFHeader) -> str
                 f"{'adds' if adds else 'does not add'} BOS id {bos}",
             )
         bos_note = f"BOS: {'added' if add_bos else 'not added'} (id {bos}) as tokenizer.ggml.add_bos_token says"
-    return (
-        f"tokenizer: {len(TOKENIZER_PROBES)} probe strings give the GGUF tokenizer's ids, "
-        f"{len(saved)} tokens; {bos_note}"
+    cases = load_corpus()
+    entry: dict[str, Any] = {
+        "gguf_model": header.fields.get("tokenizer.ggml.model"),
+        "gguf_pre": header.fields.get("tokenizer.ggml.pre"),
+        "rule": f"{rule.name}: {rule.description}",
+        "corpus": {"file": CORPUS_FILE, "sha256": corpus_sha256(), "texts": len(cases)},
+        "bos": bos_note,
+    }
+    if reference is None:
+        entry.update(verified=False, unverified=f"not compared with llama.cpp: {unverified}")
+        line = f"tokenizer: rule {rule.name}; UNVERIFIED, {entry['unverified']}; {len(saved)} tokens; {bos_note}"
+        return line, entry
+    mismatches = compare_on_corpus(reference, HfTokenizerText(saved, "derived tokenizer", dest), cases)
+    if mismatches:
+        raise FormatError(
+            gguf_path,
+            f"the derived tokenizer (rule {rule.name}) splits {len(mismatches)} of {len(cases)} corpus texts "
+            f"differently from llama.cpp; first {_first_difference(mismatches, 'derived')}",
+        )
+    version = tool_versions(("llama_cpp_python",)).get("llama_cpp_python", "?")
+    entry.update(verified=True, reference=f"llama.cpp (llama-cpp-python {version}) on the GGUF")
+    entry["corpus"]["identical"] = len(cases)
+    line = (
+        f"tokenizer: rule {rule.name}; {len(cases)} of {len(cases)} corpus texts give llama.cpp's ids "
+        f"({CORPUS_FILE}); {len(saved)} tokens; {bos_note}"
     )
+    return line, entry
+
+
+def _engine_disagreement(tokenizer: Any, reference: Any, gguf_path: Path) -> dict[str, Any] | None:
+    """How often transformers' own GGUF tokenizer (before any rule is applied) disagrees with llama.cpp."""
+    from pytest_minerva.backends.hf_text import HfTokenizerText
+
+    if reference is None:
+        return None
+    cases = load_corpus()
+    mismatches = compare_on_corpus(reference, HfTokenizerText(tokenizer, "transformers", gguf_path), cases)
+    found: dict[str, Any] = {"texts": len(cases), "identical": len(cases) - len(mismatches)}
+    if mismatches:
+        found["first_difference"] = _first_difference(mismatches, "transformers")
+    return found
 
 
 def _write_config(model: Any, dest: Path, header: GGUFHeader) -> dict[str, Any]:
@@ -609,11 +690,21 @@ def derive(source: ResolvedArtifact, dest: Path) -> dict[str, Any]:
         raise FormatError(gguf_path, "is not a file; the GGUF converter needs a single .gguf file")
     dest = Path(dest)
     header = read_gguf_header(gguf_path)
+    rule = tokenizer_rule(header)  # an unknown tokenizer type fails before the model is loaded
     weights, tokenizer, seconds = _write_model(gguf_path, dest, header)
     # safetensors creates the file 0600; give it the umask-derived mode of its siblings.
     (dest / WEIGHTS_FILE).chmod((dest / "config.json").stat().st_mode & 0o777)
-    _save_tokenizer(tokenizer, dest, header)
-    checking = time.perf_counter()
+    reference, unverified = _llama_cpp_vocab(gguf_path)
+    try:
+        engine = _engine_disagreement(tokenizer, reference, gguf_path)
+        save_tokenizer(tokenizer, dest, header, rule)
+        checking = time.perf_counter()
+        tokenizer_line, tokenizer_entry = check_tokenizer(dest, header, rule, reference, unverified)
+    finally:
+        if reference is not None:
+            reference.close()
+    if engine is not None:
+        tokenizer_entry["transformers_gguf_loader"] = engine
     declared = gguf_declared_config(header)
     problems = check_config_against_gguf(dest, gguf_path)
     if problems:
@@ -624,7 +715,7 @@ def derive(source: ResolvedArtifact, dest: Path) -> dict[str, Any]:
         _check_weights_file(
             dest / WEIGHTS_FILE, weights["shapes"], weights["embedding"], vocab.value if vocab else None
         ),
-        _check_tokenizer(dest, tokenizer, header),
+        tokenizer_line,
     ]
     seconds["check"] = time.perf_counter() - checking
     seconds["total"] = time.perf_counter() - started
@@ -645,4 +736,5 @@ def derive(source: ResolvedArtifact, dest: Path) -> dict[str, Any]:
         "tools": tool_versions(),
         "seconds": {k: round(v, 3) for k, v in seconds.items()},
         "checks": checks,
+        "tokenizer": tokenizer_entry,
     }

@@ -5,7 +5,8 @@ same numbers as transformers. The result is then checked: the config as mlx-lm
 builds its model from it (module by module: rope base and size, sliding layers,
 tied output) is compared key by key with the source config as transformers reads it
 (:func:`check_mlx_config`), every weight is compared bit for bit with the source,
-and the tokenizer must give the source tokenizer's ids.
+and the tokenizer must give the source tokenizer's ids on the probes and on every text of
+``fixtures/tokenizer_corpus.json``.
 
 mlx-lm 0.32 reads the flat config keys of transformers 4 (``rope_theta``,
 ``rope_local_base_freq``...) and falls back to its own defaults when they are
@@ -33,11 +34,13 @@ from pytest_minerva.derive.gguf_to_safetensors import (
     transformers_config_facts,
 )
 from pytest_minerva.errors import FormatError, MinervaError
+from pytest_minerva.tokenizer_corpus import CORPUS_FILE, compare_on_corpus, corpus_sha256, load_corpus
 
 if TYPE_CHECKING:
     from pytest_minerva.resolve import ResolvedArtifact
 
-VERSION = "2"
+#: Part of the cache key: 3 checks the tokenizer on the corpus and records it in the manifest.
+VERSION = "3"
 DTYPE = "float32"
 TOOLS = ("mlx", "mlx-lm", "transformers", "safetensors")
 _CONVERT_SUBDIR = "mlx-convert"
@@ -190,9 +193,15 @@ def _compare_weights(mlx_dir: Path, hf_dir: Path) -> tuple[str, int]:
     return f"weights: {count} float32 tensors equal to the source bit for bit", count
 
 
-def _check_tokenizer(mlx_dir: Path, hf_dir: Path) -> str:
+def _check_tokenizer(mlx_dir: Path, hf_dir: Path) -> tuple[str, dict[str, Any]]:
+    """mlx-lm's tokenizer must give the source tokenizer's ids, with and without special tokens.
+
+    Returns the check line and the manifest's ``tokenizer`` entry.
+    """
     from mlx_lm.utils import load_tokenizer
     from transformers import AutoTokenizer
+
+    from pytest_minerva.backends.hf_text import HfTokenizerText
 
     source = AutoTokenizer.from_pretrained(hf_dir)
     derived = load_tokenizer(mlx_dir)
@@ -200,7 +209,27 @@ def _check_tokenizer(mlx_dir: Path, hf_dir: Path) -> str:
         want, have = source(text).input_ids, derived.encode(text)
         if list(want) != list(have):
             raise FormatError(hf_dir, f"the MLX tokenizer gives {have} for {text!r}, the source tokenizer {want}")
-    return f"tokenizer: mlx-lm's tokenizer gives the source ids for {len(TOKENIZER_PROBES) + 1} probe strings"
+    cases = load_corpus()
+    mismatches = compare_on_corpus(
+        HfTokenizerText(source, "source", hf_dir), HfTokenizerText(derived._tokenizer, "mlx-lm", mlx_dir), cases
+    )
+    if mismatches:
+        m = mismatches[0]
+        raise FormatError(
+            hf_dir,
+            f"mlx-lm's tokenizer splits {len(mismatches)} of {len(cases)} corpus texts differently from the source; "
+            f"first {m.case.text!r}: source {m.reference_ids}, mlx-lm {m.candidate_ids}",
+        )
+    entry = {
+        "reference": "the source SafeTensors tokenizer",
+        "corpus": {"file": CORPUS_FILE, "sha256": corpus_sha256(), "texts": len(cases), "identical": len(cases)},
+        "verified": True,
+    }
+    line = (
+        f"tokenizer: mlx-lm's tokenizer gives the source ids for {len(TOKENIZER_PROBES) + 1} probe strings "
+        f"and {len(cases)} of {len(cases)} corpus texts ({CORPUS_FILE})"
+    )
+    return line, entry
 
 
 def _add_missing_keys(mlx_dir: Path, hf_dir: Path) -> list[str]:
@@ -264,10 +293,11 @@ def derive(source: ResolvedArtifact, dest: Path) -> dict[str, Any]:
     if problems:
         raise FormatError(hf_dir, "the derived MLX model disagrees with its config: " + "; ".join(problems))
     weights_check, tensors = _compare_weights(dest, hf_dir)
+    tokenizer_line, tokenizer_entry = _check_tokenizer(dest, hf_dir)
     checks = [
         f"config: mlx-lm builds its model with the source config's values ({', '.join(compared)})",
         weights_check,
-        _check_tokenizer(dest, hf_dir),
+        tokenizer_line,
     ]
     finished = time.perf_counter()
     return {
@@ -286,4 +316,5 @@ def derive(source: ResolvedArtifact, dest: Path) -> dict[str, Any]:
             "total": round(finished - started, 3),
         },
         "checks": checks,
+        "tokenizer": tokenizer_entry,
     }

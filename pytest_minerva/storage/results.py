@@ -96,7 +96,8 @@ _BENCHMARK_KEYS: dict[str, type | tuple[type, ...]] = {
 }
 _RUN_FIGURES = ("ttft_ms", "tpt_ms", "total_ms", "throughput_tps", "prefill_tps", "decode_tps")
 _STATS_KEYS = ("n", "min", "max", "mean", "median", "stddev", "q1", "q3", "iqr", "p50", "p90", "p99")
-_BACKEND_STATUSES = ("ok", "error", "unavailable")
+#: "crashed": the engine's process died (a signal) while it was measured; the reason names it.
+_BACKEND_STATUSES = ("ok", "error", "unavailable", "crashed")
 
 
 def utc_now() -> str:

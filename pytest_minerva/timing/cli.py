@@ -6,6 +6,12 @@ on. It prints markdown tables and writes the JSON document and CSV on request.
 Backends that cannot run here are listed with the reason; a backend that fails part
 way (for example stops before the requested token count) is reported as an error
 and makes the exit status 1.
+
+Each engine that runs native code is measured in a child process of its own
+(:func:`bench_child`), which loads it, times it with the same harness in that process
+(so no figure includes any inter-process traffic) and sends the results back. A
+segfault or abort there is reported as ``crashed`` for that backend, with the signal
+and the engine's last stderr lines, and the other backends are still measured.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, TextIO
 
 from pytest_minerva.errors import ArtifactMissing, BackendUnavailable, MinervaError
@@ -118,6 +125,13 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         metavar="VAR",
         help="environment variable holding the --endpoint's API key; the key is never printed",
     )
+    bench.add_argument(
+        "--no-isolate",
+        dest="isolate",
+        action="store_false",
+        help="measure every engine in this process instead of a child process each (a segfault then ends "
+        "the whole command)",
+    )
     bench.add_argument("--json", metavar="PATH", help="write the results document (schema version 1) here")
     bench.add_argument("--csv", metavar="PATH", help="write one row per timed run here")
     _add_common(bench)
@@ -162,6 +176,7 @@ def _session(args: argparse.Namespace) -> Any:
         devices=_split(args.device) or ["auto"],
         endpoint=getattr(args, "endpoint", None),
         api_key_env=getattr(args, "api_key_env", None),
+        isolate=None if getattr(args, "isolate", True) else False,
     )
     return MinervaSession.create(settings, hook=_hook())
 
@@ -205,6 +220,142 @@ def _benchmark_entry(result: Any, scenario: Any) -> dict[str, Any]:
         "device": result.device,
         **scenario.as_dict(),
     }
+
+
+def _settings_json(settings: Any) -> dict[str, Any]:
+    return {
+        "models": list(settings.models),
+        "backends": list(settings.backends),
+        "devices": list(settings.devices),
+        "cache_dir": str(settings.cache_dir) if settings.cache_dir else None,
+        "model_dir": str(settings.model_dir) if settings.model_dir else None,
+        "threads": settings.threads,
+        "derive": settings.derive,
+        "timeout_s": settings.timeout_s,
+        "endpoint": settings.endpoint,
+        "api_key_env": settings.api_key_env,
+    }
+
+
+def _bench_in_child(
+    session: Any,
+    case: Any,
+    chosen: Sequence[Any],
+    args: argparse.Namespace,
+    bandwidth_gb_per_s: float,
+    n_ctx: int,
+    on_run: Any,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Measure ``case`` in a child process; its crash becomes a ``crashed`` entry."""
+    import time
+
+    from pytest_minerva.isolation import ProtocolError, WorkerProcess, describe_exit, worker_environment
+
+    limits = session.limits(session.resolve(case))
+    per_message = limits.load_s + limits.step_s(max(s.context_tokens for s in chosen))
+    request = {
+        "settings": _settings_json(session.settings),
+        "case_id": case.id,
+        "scenarios": [s.name for s in chosen],
+        "runs": args.runs,
+        "warmup": args.warmup,
+        "bandwidth_gb_per_s": bandwidth_gb_per_s,
+        "kv_probe": bool(args.kv_probe),
+        "n_ctx": n_ctx,
+    }
+    child = WorkerProcess(worker_environment(), entry="pytest_minerva.timing.cli:bench_child")
+    try:
+        child.send(request)
+        while True:
+            try:
+                message = child.receive(time.monotonic() + per_message)
+            except TimeoutError:
+                child.kill()
+                last = "; ".join(child.stderr_tail()[-3:]) or "nothing on stderr"
+                return _unavailable(case, f"no progress within {per_message:.0f} s; killed (last: {last})", "error"), []
+            except ProtocolError as exc:
+                child.kill()
+                return _unavailable(case, f"its benchmark process broke the protocol: {exc}", "error"), []
+            if message is None:
+                try:
+                    code = child.proc.wait(10)
+                except Exception:
+                    child.kill()
+                    code = child.proc.wait()
+                last = "; ".join([line for line in child.stderr_tail() if line.strip()][-3:]) or "nothing on stderr"
+                reason = (
+                    f"the engine's process {describe_exit(code)} while benchmarking; last stderr lines: {last}. "
+                    f"Check this engine with: minerva doctor --backend {case.backend.name}"
+                )
+                return _unavailable(case, reason, "crashed"), []
+            header, _payload = message
+            if header.get("run"):
+                on_run()
+            elif "result" in header:
+                result = header["result"]
+                return result["backend"], result["benchmarks"]
+    finally:
+        child.stop()
+
+
+def bench_child() -> int:
+    """The child of :func:`_bench_in_child`: load one case here, measure, send the results."""
+    from pytest_minerva.isolation import protocol_output, read_message_blocking, write_message
+    from pytest_minerva.options import Settings
+    from pytest_minerva.session import MinervaSession
+    from pytest_minerva.timing import harness, scenarios
+
+    out = protocol_output()
+    message = read_message_blocking(sys.stdin.buffer)
+    if message is None:
+        return 2
+    request = message[0]
+    raw = dict(request["settings"])
+    settings = Settings(**{**raw, "isolate": False})
+    settings.cache_dir = Path(raw["cache_dir"]) if raw["cache_dir"] else None
+    settings.model_dir = Path(raw["model_dir"]) if raw["model_dir"] else None
+    session = MinervaSession.create(settings, hook=_hook())
+    case = next((c for c in session.cases() if c.id == request["case_id"]), None)
+    if case is None:
+        write_message(out, {"result": {"backend": {"case_id": request["case_id"], "status": "error",
+                                                   "reason": "the case is not in the child's matrix"},
+                                       "benchmarks": []}})
+        return 0
+    chosen = [scenarios.get(name) for name in request["scenarios"]]
+    try:
+        loaded = harness.load_backend(session, case, int(request["n_ctx"]))
+    except BackendUnavailable as exc:
+        entry = _unavailable(case, str(exc))
+        write_message(out, {"result": {"backend": entry, "benchmarks": []}})
+        return 0
+    except Exception as exc:
+        entry = _unavailable(case, f"failed to load: {type(exc).__name__}: {exc}", "error")
+        write_message(out, {"result": {"backend": entry, "benchmarks": []}})
+        return 0
+    try:
+        result = harness.bench_backend(
+            loaded,
+            case,
+            chosen,
+            runs=int(request["runs"]),
+            warmup=int(request["warmup"]),
+            bandwidth_gb_per_s=float(request["bandwidth_gb_per_s"]),
+            kv_probe=bool(request["kv_probe"]),
+            on_run=lambda: write_message(out, {"run": 1}),
+        )
+        payload = {
+            "backend": result.as_dict(),
+            "benchmarks": [_benchmark_entry(result, scenario) for scenario in result.scenarios],
+        }
+    except Exception as exc:
+        payload = {"backend": _unavailable(case, f"failed while running: {type(exc).__name__}: {exc}", "error"),
+                   "benchmarks": []}
+    finally:
+        loaded.backend.close()
+    import json
+
+    write_message(out, {"result": json.loads(json.dumps(payload, default=str))})
+    return 0
 
 
 def cmd_bench(args: argparse.Namespace, out: TextIO | None = None) -> int:
@@ -256,6 +407,13 @@ def cmd_bench(args: argparse.Namespace, out: TextIO | None = None) -> int:
             if bandwidth is None:
                 # Before any backend loads: the probe's buffer must not count in a backend's peak RSS.
                 bandwidth = probe_bandwidth(threads)
+            if session.isolates(case.backend):
+                entry, entries = _bench_in_child(
+                    session, case, chosen, args, bandwidth.gb_per_s, n_ctx, lambda: progress.update(1)
+                )
+                backends.append(entry)
+                benchmarks += entries
+                continue
             try:
                 loaded = harness.load_backend(session, case, n_ctx)
             except BackendUnavailable as exc:
@@ -315,4 +473,4 @@ def cmd_bench(args: argparse.Namespace, out: TextIO | None = None) -> int:
     if not any(b["status"] == "ok" for b in backends):
         print("minerva: bench: no backend could run this model here (see 'Not run' above)", file=sys.stderr)
         return 1
-    return 0 if all(b["status"] != "error" for b in backends) else 1
+    return 0 if all(b["status"] not in ("error", "crashed") for b in backends) else 1

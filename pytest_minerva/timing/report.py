@@ -203,8 +203,8 @@ def markdown(document: Mapping[str, Any]) -> str:
         named = [b for b in benches if not b["scenario"].startswith("sweep-")]
         swept = [b for b in benches if b["scenario"].startswith("sweep-")]
         lines += ["", backend_title(backend), ""]
-        if backend["status"] == "error" and not benches:
-            lines.append(f"Error: {backend['reason']}")
+        if backend["status"] in ("error", "crashed") and not benches:
+            lines.append(f"{backend['status'].capitalize()}: {backend['reason']}")
             continue
         if named:
             lines += scenario_table(named)
