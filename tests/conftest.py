@@ -1,6 +1,9 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
+
+import pytest
 
 from pytest_minerva import hypothesis_profiles
 
@@ -15,3 +18,17 @@ if "MINERVA_CACHE_DIR" not in os.environ:
     from pytest_minerva.derive.cache import default_cache_dir
 
     os.environ["MINERVA_CACHE_DIR"] = str(default_cache_dir())
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf() -> Path:
+    """The seeded tiny-random-llama F32 GGUF (generated on first use), for tests that run llama.cpp."""
+    from pytest_minerva.options import Settings
+    from pytest_minerva.session import MinervaSession
+
+    session = MinervaSession.create(Settings(models=["tiny-random-llama"], backends=["llama_cpp"]))
+    case = next(c for c in session.cases(formats=["gguf"]) if c.artifact.quant == "F32")
+    reason = session.check_runnable(case)
+    if reason:
+        pytest.skip(reason)
+    return Path(session.resolve(case).path)

@@ -14,8 +14,6 @@ import pytest
 
 from pytest_minerva.catalog import fixtures_dir
 from pytest_minerva.cli import main
-from pytest_minerva.options import Settings
-from pytest_minerva.session import MinervaSession
 from pytest_minerva.storage import results
 from pytest_minerva.timing import report
 
@@ -40,16 +38,6 @@ def run_cli(*argv: str) -> Ran:
         except SystemExit as exc:
             code = int(exc.code or 0)
     return Ran(code, out.getvalue(), err.getvalue())
-
-
-@pytest.fixture(scope="module")
-def tiny_gguf() -> Path:
-    session = MinervaSession.create(Settings(models=["tiny-random-llama"], backends=["llama_cpp"]))
-    case = next(c for c in session.cases(formats=["gguf"]) if c.artifact.quant == "F32")
-    reason = session.check_runnable(case)
-    if reason:
-        pytest.skip(reason)
-    return session.resolve(case).path
 
 
 @pytest.fixture(scope="module")

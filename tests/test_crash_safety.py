@@ -15,8 +15,6 @@ from pathlib import Path
 import pytest
 
 from pytest_minerva.backends import llama_cpp_build as lb
-from pytest_minerva.options import Settings
-from pytest_minerva.session import MinervaSession
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -59,16 +57,6 @@ def crashy_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (info / "entry_points.txt").write_text("[pytest_minerva]\ncrashy = crashy_engine\n")
     (info / "RECORD").write_text("")
     return site
-
-
-@pytest.fixture(scope="module")
-def tiny_gguf() -> Path:
-    session = MinervaSession.create(Settings(models=["tiny-random-llama"], backends=["llama_cpp"]))
-    case = next(c for c in session.cases(formats=["gguf"]) if c.artifact.quant == "F32")
-    reason = session.check_runnable(case)
-    if reason:
-        pytest.skip(reason)
-    return session.resolve(case).path
 
 
 def minerva(site: Path, *argv: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
