@@ -30,7 +30,6 @@ from pytest_minerva.errors import BackendUnavailable, MinervaError
 
 #: The prompt every backend completes; a trained model continues it with a capital city.
 PROMPT = "The capital of France is"
-STATUSES = ("ok", "crashed", "too slow", "missing", "error")
 
 
 @dataclass
@@ -77,6 +76,14 @@ def _verdict(exc: BaseException) -> str:
     return "error"
 
 
+def _failure(spec: Any, exc: BaseException, limit_s: float) -> tuple[str, str, str]:
+    """``(status, detail, fix)`` for an engine call that failed."""
+    status = _verdict(exc)
+    tail = _stderr_tail(exc)
+    detail = _first_line(exc) + (f" (last stderr line: {tail})" if tail else "")
+    return status, detail, _fix(spec, status, limit_s)
+
+
 def _fix(spec: Any, status: str, limit_s: float) -> str:
     if status == "missing":
         return f"install it: {spec.install_hint}" if spec.install_hint else "install the engine's package"
@@ -90,16 +97,10 @@ def _fix(spec: Any, status: str, limit_s: float) -> str:
 
 def engine_facts(spec: Any, seconds: float) -> dict[str, Any]:
     """The backend class's ``build_facts()``, read in a worker process."""
-    from pytest_minerva.isolation import query_worker
+    from pytest_minerva.isolation import query_worker, spec_to_json
 
-    value = query_worker({"op": "facts", "spec": _spec_json(spec)}, f"{spec.name}: reading its build facts", seconds)
+    value = query_worker({"op": "facts", "spec": spec_to_json(spec)}, f"{spec.name}: reading its build facts", seconds)
     return value if isinstance(value, dict) else {}
-
-
-def _spec_json(spec: Any) -> dict[str, Any]:
-    from pytest_minerva.isolation import spec_to_json
-
-    return spec_to_json(spec)
 
 
 def check_backend(session: Any, spec: Any, *, limit_s: float, tokens: int) -> list[EngineCheck]:
@@ -115,10 +116,8 @@ def check_backend(session: Any, spec: Any, *, limit_s: float, tokens: int) -> li
     try:
         facts = engine_facts(spec, limit_s)
     except MinervaError as exc:
-        status = _verdict(exc)
-        tail = _stderr_tail(exc)
-        detail = _first_line(exc) + (f" (last stderr line: {tail})" if tail else "")
-        return [EngineCheck(spec.name, d, status, detail, _fix(spec, status, limit_s), versions) for d in devices]
+        status, detail, fix = _failure(spec, exc, limit_s)
+        return [EngineCheck(spec.name, d, status, detail, fix, versions) for d in devices]
 
     checks = []
     for device in devices:
@@ -154,10 +153,7 @@ def check_backend(session: Any, spec: Any, *, limit_s: float, tokens: int) -> li
                 f"{check.generate_s:.2f} s: {check.text!r}"
             )
         except MinervaError as exc:
-            check.status = _verdict(exc)
-            tail = _stderr_tail(exc)
-            check.detail = _first_line(exc) + (f" (last stderr line: {tail})" if tail else "")
-            check.fix = _fix(spec, check.status, limit_s)
+            check.status, check.detail, check.fix = _failure(spec, exc, limit_s)
         finally:
             if loaded is not None:
                 loaded.close()

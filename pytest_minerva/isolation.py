@@ -804,6 +804,14 @@ class _Worker:
             raise ProtocolError("worker sent a header that is not a JSON object")
         return header, payload
 
+    def exit_code(self) -> int:
+        """The exit status of a worker whose stdout closed: waited for briefly, then killed."""
+        try:
+            return self.proc.wait(EXIT_WAIT_S)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+
     def kill(self) -> None:
         self.dead = True
         if self.proc.poll() is None:
@@ -859,11 +867,7 @@ def query_worker(request: dict[str, Any], what: str, seconds: float) -> Any:
         except TimeoutError:
             raise BackendTimeout(f"{what}: no answer within {seconds:.0f} s") from None
         if message is None:
-            try:
-                code = worker.proc.wait(EXIT_WAIT_S)
-            except subprocess.TimeoutExpired:
-                worker.proc.kill()
-                code = worker.proc.wait()
+            code = worker.exit_code()
             lines = "\n".join(f"    {line}" for line in worker.stderr_tail()) or "    (nothing)"
             raise WorkerCrashed(
                 f"{what}: the worker process (pid {worker.proc.pid}) {describe_exit(code)}.\n"
@@ -996,11 +1000,7 @@ class IsolatedBackend:
             self._worker = None
 
     def _died(self, worker: _Worker, step: str) -> WorkerCrashed | OutOfMemory:
-        try:
-            code = worker.proc.wait(EXIT_WAIT_S)
-        except subprocess.TimeoutExpired:
-            worker.proc.kill()
-            code = worker.proc.wait()
+        code = worker.exit_code()
         tail = worker.stderr_tail()
         self._lost(worker)
         detail = ""

@@ -277,11 +277,7 @@ def _bench_in_child(
                 child.kill()
                 return _unavailable(case, f"its benchmark process broke the protocol: {exc}", "error"), []
             if message is None:
-                try:
-                    code = child.proc.wait(10)
-                except Exception:
-                    child.kill()
-                    code = child.proc.wait()
+                code = child.exit_code()
                 last = "; ".join([line for line in child.stderr_tail() if line.strip()][-3:]) or "nothing on stderr"
                 reason = (
                     f"the engine's process {describe_exit(code)} while benchmarking; last stderr lines: {last}. "
