@@ -9,14 +9,14 @@ BIN := $(VENV)/bin
 setup: install main
 
 install:
-	scripts/install.sh $(VENV)
+	tools/install.sh $(VENV)
 
 main:
 	$(BIN)/python -m pytest -m gguf --model smollm2-135m
 
 lint:
-	$(BIN)/ruff check pytest_minerva tests suites benchmarks
+	$(BIN)/ruff check pytest_minerva tests suites benchmarks tools
 	$(BIN)/mypy
 
 test:
-	scripts/test.sh $(VENV)
+	tools/test.sh $(VENV)

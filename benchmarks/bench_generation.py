@@ -6,7 +6,7 @@ prompt tokens / TTFT; decode rate is ``(N - 1) / (E2E - TTFT)``. Each ``track_*`
 carries one sample per timed run and asv records their median.
 
 asv counts every number as lower-is-better, so it calls a faster decode rate "worse":
-gate on ``track_ttft_ms``, ``track_tpot_ms`` and ``peakmem_*`` (``scripts/asv_gate.sh``)
+gate on ``track_ttft_ms``, ``track_tpot_ms`` and ``peakmem_*`` (``tools/asv_gate.sh``)
 and read the rates in the published graphs.
 """
 

@@ -35,15 +35,14 @@ def _sweep(model: str) -> dict[str, Any]:
     from pytest_minerva.errors import MinervaError
     from pytest_minerva.options import Settings
     from pytest_minerva.serving import loadgen
-    from pytest_minerva.serving.cli import _tokenizers
+    from pytest_minerva.serving import server as serving_server
     from pytest_minerva.serving.server import LlamaCppServer, server_unavailable_reason
-    from pytest_minerva.session import MinervaSession
     from pytest_minerva.timing.scenarios import prompt_text
 
     reason = server_unavailable_reason()
     if reason:
         return {"skip": reason}
-    session = MinervaSession.create(Settings(models=[model]))
+    session = common.build_session(Settings(models=[model]))
     spec = session.models[0].primary("gguf")
     if spec is None:
         return {"skip": f"{model} has no GGUF artifact to serve"}
@@ -55,7 +54,7 @@ def _sweep(model: str) -> dict[str, Any]:
         endpoint = server.endpoint
 
         # The server's /extras/tokenize, else llama.cpp on the GGUF: what `minerva serve-bench` uses.
-        tokenize, detokenize, _ = _tokenizers(endpoint, artifact)
+        tokenize, detokenize, _ = served_tokenizers(serving_server)(endpoint, artifact)
         assert tokenize is not None and detokenize is not None  # the artifact is a local GGUF
 
         needed = sum(max(4, 2 * c) for c in CONCURRENCY) + 2
@@ -119,3 +118,14 @@ class ServingConcurrency:
 
     track_aggregate_tps.unit = "tokens/s"
     track_aggregate_tps.version = "serving-tps-1: output tokens of all requests / level wall time"
+
+
+def served_tokenizers(server_module: Any) -> Any:
+    """``pytest_minerva.serving.server.served_tokenizers``; a commit from before it (asv measures
+    older commits with this suite) had the same function in the serve-bench command module."""
+    found = getattr(server_module, "served_tokenizers", None)
+    if found is not None:
+        return found
+    import importlib
+
+    return getattr(importlib.import_module("pytest_minerva.serving.cli"), "_tokenizers")  # noqa: B009

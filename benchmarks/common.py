@@ -15,14 +15,15 @@ Environment variables, read when asv imports the suite:
 ``MINERVA_ASV_MODELS``
     comma-separated catalog names (default ``smollm2-135m``, the embedded model).
 ``MINERVA_ASV_BACKENDS``
-    comma-separated backend names (default ``llama_cpp,transformers,mlx_lm``); a
-    backend whose library is not installed is skipped either way.
+    comma-separated backend names (default: every registered backend but the opt-in
+    ones, the built-ins and those installed packages register through the
+    ``pytest_minerva`` entry point); a backend whose library is not installed is skipped.
 ``MINERVA_ASV_SCENARIOS``
     comma-separated scenario names (default ``short,medium,code,long``).
 ``MINERVA_ASV_RUNS``
     timed runs per scenario in one measurement (default 8). asv's test needs 7 samples
     a side to reach its p < 0.002; with ``-a rounds=N`` asv pools N measurements, each
-    in a fresh process, which ``scripts/asv_gate.sh`` uses to spread samples over time.
+    in a fresh process, which ``tools/asv_gate.sh`` uses to spread samples over time.
 ``MINERVA_ASV_DEVICE``
     device every backend runs on (default ``cpu``).
 ``MINERVA_THREADS``
@@ -36,15 +37,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pytest_minerva import options
+
 if TYPE_CHECKING:
     from pytest_minerva.backends.base import Backend
     from pytest_minerva.timing.harness import LoadedBackend
     from pytest_minerva.timing.scenarios import Prompt, Scenario
 
 DEFAULT_MODELS = ("smollm2-135m",)
-ALL_BACKENDS = ("llama_cpp", "transformers", "mlx_lm")
 DEFAULT_SCENARIOS = ("short", "medium", "code", "long")
-DEFAULT_RUNS = 8
+# asv runs this suite from the checkout against every commit it measures, older ones too, so
+# what it uses of pytest_minerva must exist there: the option table is newer than the suite.
+DEFAULT_RUNS = options.default_for("runs", "asv") if hasattr(options, "default_for") else 8
 WARMUP = 1
 #: The per-run figures the suite tracks, named as in ``RunRecord.figures()``.
 FIGURES = ("ttft_ms", "tpt_ms", "prefill_tps", "decode_tps")
@@ -66,8 +70,26 @@ def env_positive_int(variable: str, default: int) -> int:
     return int(raw)
 
 
+def build_session(settings: options.Settings) -> Any:
+    """``pytest_minerva.session.build_session``, with the hook relay of installed entry points.
+    A commit from before it (asv measures older commits with this suite) built sessions with
+    a classmethod, which is what it gets there."""
+    from pytest_minerva import session
+
+    build = getattr(session, "build_session", None)
+    if build is None:
+        return getattr(session.MinervaSession, "create")(settings)  # noqa: B009
+    return build(settings)
+
+
+def registered_backends() -> tuple[str, ...]:
+    """Every backend the session's registry holds but the opt-in ones: the built-ins and those
+    an installed package registers through the ``pytest_minerva`` entry point."""
+    return tuple(spec.name for spec in build_session(options.Settings(models=[])).backends)
+
+
 MODELS = env_names("MINERVA_ASV_MODELS", DEFAULT_MODELS)
-BACKENDS = env_names("MINERVA_ASV_BACKENDS", ALL_BACKENDS)
+BACKENDS = env_names("MINERVA_ASV_BACKENDS", registered_backends())
 SCENARIOS = env_names("MINERVA_ASV_SCENARIOS", DEFAULT_SCENARIOS)
 RUNS = env_positive_int("MINERVA_ASV_RUNS", DEFAULT_RUNS)
 THREADS = env_positive_int("MINERVA_THREADS", 1)
@@ -87,12 +109,10 @@ def open_backend(model: str, backend: str) -> LoadedBackend:
     """
     from pytest_minerva.errors import ArtifactMissing, BackendUnavailable
     from pytest_minerva.matrix import Case
-    from pytest_minerva.options import Settings
-    from pytest_minerva.session import MinervaSession
     from pytest_minerva.timing import harness, scenarios
 
-    settings = Settings(models=[model], backends=[backend], devices=[DEVICE], threads=THREADS)
-    session = MinervaSession.create(settings)
+    settings = options.Settings(models=[model], backends=[backend], devices=[DEVICE], threads=THREADS)
+    session = build_session(settings)
     spec, model_spec = session.backends[0], session.models[0]
     artifact = next((a for a in (model_spec.primary(fmt) for fmt in spec.formats) if a is not None), None)
     if artifact is None:

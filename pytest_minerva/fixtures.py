@@ -2,7 +2,7 @@
 
 - ``backend``: a loaded :class:`~pytest_minerva.backends.base.Backend`, one per matrix case.
 - ``backend_pair``: a :class:`LoadedPair` (reference and candidate) for the equivalence suite.
-- ``model_artifact``: a :class:`~pytest_minerva.resolve.ResolvedArtifact` per model x variant.
+- ``model_artifact``: a :class:`~pytest_minerva.models.resolve.ResolvedArtifact` per model x variant.
 - ``gguf_model``, ``safetensors_model``, ``mlx_model``: the same, one format each.
 - ``minerva_session``: the run's :class:`~pytest_minerva.session.MinervaSession`.
 
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,14 +23,16 @@ from pytest_minerva.backends.base import Backend
 from pytest_minerva.errors import ArtifactMissing, BackendUnavailable, MinervaError
 from pytest_minerva.markers import matrix_filter
 from pytest_minerva.matrix import Case, Pair
-from pytest_minerva.resolve import ResolvedArtifact
-from pytest_minerva.serving.server import minerva_llama_server
-from pytest_minerva.session import SESSION_KEY, MinervaSession
+from pytest_minerva.models.resolve import ResolvedArtifact
+from pytest_minerva.options import Settings
+from pytest_minerva.serving.server import LlamaCppServer, serve_gguf, server_unavailable_reason
+from pytest_minerva.session import SESSION_KEY, MinervaSession, build_session
 
 __all__ = [
     "LoadedPair",
     "backend",
     "backend_pair",
+    "default_gguf",
     "gguf_model",
     "minerva_llama_server",
     "minerva_session",
@@ -152,9 +155,9 @@ def load_or_skip(session: MinervaSession, case: Case) -> Backend:
     reason = session.check_runnable(case)
     if reason:
         pytest.skip(reason)
-    resolve_or_skip(session, case)
+    artifact = resolve_or_skip(session, case)
     try:
-        return session.backend(case)
+        return session.backend(case, artifact)
     except BackendUnavailable as exc:
         pytest.skip(str(exc))
     except MinervaError as exc:
@@ -222,3 +225,30 @@ def safetensors_model(request: pytest.FixtureRequest) -> ResolvedArtifact:
 def mlx_model(request: pytest.FixtureRequest) -> ResolvedArtifact:
     """A checked MLX directory (derived from SafeTensors when the model has none)."""
     return _artifact_fixture(request)
+
+
+def default_gguf(session: MinervaSession | None = None) -> Path:
+    """The GGUF of the session's first model that has one (the catalog's default models
+    without a session), resolved and checked like every other artifact."""
+    if session is None:
+        session = build_session(Settings())
+    for model in session.models:
+        for spec in model.artifacts:
+            if spec.format == "gguf":
+                return Path(session.resolver.resolve(model, spec).path)
+    raise MinervaError(f"none of the models [{', '.join(m.name for m in session.models)}] has a GGUF to serve")
+
+
+@pytest.fixture(scope="session")
+def minerva_llama_server(request: pytest.FixtureRequest) -> Iterator[LlamaCppServer]:
+    """``llama_cpp.server`` on a free loopback port with one thread, serving the run's first
+    GGUF model; stopped even when tests fail."""
+    reason = server_unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    try:
+        path = default_gguf(request.config.stash.get(SESSION_KEY, None))
+    except MinervaError as exc:
+        pytest.skip(str(exc))
+    with serve_gguf(path, threads=1, n_ctx=2048) as server:
+        yield server

@@ -14,11 +14,17 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+# ``session`` below is the run's pytest_minerva.session.MinervaSession; it is typed Any so
+# that this module, which the session imports, imports nothing above it.
+
+#: The entry-point group through which installed packages add hook implementations.
+ENTRY_POINT_GROUP = "pytest_minerva"
+
 if TYPE_CHECKING:
     from pytest_minerva.backends import BackendRegistry, BackendSpec
     from pytest_minerva.backends.base import Backend, LoadOptions
-    from pytest_minerva.catalog import ArtifactSpec, Catalog, ModelSpec
-    from pytest_minerva.resolve import ResolvedArtifact, Resolver
+    from pytest_minerva.models.catalog import ArtifactSpec, Catalog, ModelSpec
+    from pytest_minerva.models.resolve import ResolvedArtifact, Resolver
 
 
 @pytest.hookspec
@@ -32,7 +38,7 @@ def pytest_minerva_register_backends(registry: BackendRegistry) -> None:
 
 @pytest.hookspec
 def pytest_minerva_register_models(catalog: Catalog) -> None:
-    """Add :class:`~pytest_minerva.catalog.ModelSpec` entries with ``catalog.add(...)``."""
+    """Add :class:`~pytest_minerva.models.catalog.ModelSpec` entries with ``catalog.add(...)``."""
 
 
 @pytest.hookspec(firstresult=True)
@@ -46,15 +52,32 @@ def pytest_minerva_resolve_model(model: ModelSpec, spec: ArtifactSpec, resolver:
 
 
 @pytest.hookspec
-def pytest_minerva_generate_machine_info(config: pytest.Config) -> dict[str, Any] | None:
-    """Return extra machine facts to merge into reports and the pytest header."""
+def pytest_minerva_generate_machine_info(config: pytest.Config | None, session: Any) -> dict[str, Any] | None:
+    """Return extra machine facts to merge into every results document's ``machine_info``
+    and into the pytest header. ``config`` is None under the ``minerva`` command and asv."""
 
 
 @pytest.hookspec
-def pytest_minerva_update_machine_info(config: pytest.Config, machine_info: dict[str, Any]) -> None:
-    """Edit the machine info in place before it is stored."""
+def pytest_minerva_update_machine_info(
+    config: pytest.Config | None, session: Any, machine_info: dict[str, Any]
+) -> None:
+    """Edit the machine info in place, after every generate hook's facts are merged."""
 
 
 @pytest.hookspec
-def pytest_minerva_update_report(config: pytest.Config, report: dict[str, Any]) -> None:
-    """Edit a results document (benchmark or equivalence JSON) in place before it is written."""
+def pytest_minerva_update_report(config: pytest.Config | None, session: Any, report: dict[str, Any]) -> None:
+    """Edit a results document (``minerva bench``, ``serve-bench`` or ``compare`` JSON) in place
+    before it is written."""
+
+
+def hook_relay() -> Any:
+    """The hook relay outside pytest (the ``minerva`` command, asv, a worker process):
+    these hookspecs and the implementations of every ``pytest_minerva`` entry point."""
+    import pluggy
+
+    import pytest_minerva.hookspecs as specs
+
+    manager = pluggy.PluginManager("pytest")
+    manager.add_hookspecs(specs)
+    manager.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
+    return manager.hook

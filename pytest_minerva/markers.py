@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from pytest_minerva.backends import BackendRegistry
-from pytest_minerva.catalog import FORMATS
 from pytest_minerva.hardware import Hardware
+from pytest_minerva.models.catalog import FORMATS
 
 FORMAT_MARKERS = {
     "gguf": "case runs a GGUF artifact (applied automatically to matrix cases)",

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import pytest
 
 from pytest_minerva.backends import BackendSpec
-from pytest_minerva.catalog import FORMATS, ArtifactSpec, ModelSpec
+from pytest_minerva.models.catalog import FORMATS, ArtifactSpec, ModelSpec
 
 #: The pairs the equivalence suite compares by default.
 PAIR_KINDS = ("cross-backend", "quantization")
@@ -50,8 +50,8 @@ class Case:
     def precision(self) -> str:
         """The number format the engine computes with for this case, for tolerance lookup."""
         quant = (self.artifact.quant or "f32").lower()
-        if self.artifact.format == "gguf" and self.backend is not None and self.backend.name != "llama_cpp":
-            return "f32"  # other engines dequantize GGUF weights to float32 on load
+        if self.backend is not None and self.artifact.format in self.backend.computes_in:
+            return self.backend.computes_in[self.artifact.format].lower()  # e.g. a GGUF dequantized on load
         return quant
 
     def marks(self) -> list[pytest.MarkDecorator]:
@@ -118,17 +118,30 @@ def artifact_cases(models: Sequence[ModelSpec], formats: Iterable[str] | None = 
     ]
 
 
-def _find(
-    cases: Sequence[Case], model: ModelSpec, fmt: str, backend: str, device: str, artifact: ArtifactSpec | None = None
+def _reference(
+    cases: Sequence[Case], model: ModelSpec, kind: str, device: str, artifact: ArtifactSpec | None
 ) -> Case | None:
+    """The case of the first backend that declares itself the reference for ``kind``
+    (``BackendSpec.reference_for``), on ``artifact`` (else that format's primary) and ``device``."""
+    for case in cases:
+        spec = case.backend
+        if spec is None or kind not in spec.reference_for or case.model.name != model.name or case.device != device:
+            continue
+        fmt = spec.reference_for[kind]
+        wanted = artifact if artifact is not None else model.primary(fmt)
+        if case.artifact.format == fmt and case.artifact == wanted:
+            return case
+    return None
+
+
+def _same_engine(cases: Sequence[Case], like: Case, artifact: ArtifactSpec) -> Case | None:
+    """The case that runs ``like``'s backend on ``like``'s device with ``artifact`` instead."""
     for case in cases:
         if (
-            case.model.name == model.name
-            and case.artifact.format == fmt
-            and case.backend is not None
-            and case.backend.name == backend
-            and case.device == device
-            and (artifact is None or case.artifact == artifact)
+            case.model.name == like.model.name
+            and case.backend == like.backend
+            and case.device == like.device
+            and case.artifact == artifact
         ):
             return case
     return None
@@ -136,6 +149,9 @@ def _find(
 
 def pairs(cases: Sequence[Case], kinds: Iterable[str] = PAIR_KINDS) -> list[Pair]:
     """The comparisons the equivalence suite runs, drawn from the available cases.
+
+    Each kind's reference is the backend whose spec names that kind in ``reference_for``
+    (with the format it is the reference on); the built-ins declare:
 
     cross-backend: transformers on the primary SafeTensors (reference) against every other
     backend on each format's primary variant of the same model, on the same device: llama.cpp
@@ -152,7 +168,7 @@ def pairs(cases: Sequence[Case], kinds: Iterable[str] = PAIR_KINDS) -> list[Pair
     for model in models.values():
         for device in devices:
             if "cross-backend" in wanted:
-                ref = _find(cases, model, "safetensors", "transformers", device, model.primary("safetensors"))
+                ref = _reference(cases, model, "cross-backend", device, None)
                 if ref is not None:
                     out.extend(
                         Pair("cross-backend", ref, case)
@@ -163,7 +179,7 @@ def pairs(cases: Sequence[Case], kinds: Iterable[str] = PAIR_KINDS) -> list[Pair
                         and case.artifact == model.primary(case.artifact.format)
                     )
             if TOKENIZER_PAIRS in wanted:
-                ref = _find(cases, model, "gguf", "llama_cpp", device, model.primary("gguf"))
+                ref = _reference(cases, model, TOKENIZER_PAIRS, device, None)
                 if ref is not None:
                     out.extend(
                         Pair(TOKENIZER_PAIRS, ref, case)
@@ -173,15 +189,15 @@ def pairs(cases: Sequence[Case], kinds: Iterable[str] = PAIR_KINDS) -> list[Pair
             if "quantization" in wanted:
                 variants = model.variants("gguf")
                 if len(variants) > 1:
-                    from pytest_minerva.resolve import quant_bits
+                    from pytest_minerva.models.quant import quant_bits
 
                     best = max(variants, key=lambda s: quant_bits(s.quant))
-                    ref = _find(cases, model, "gguf", "llama_cpp", device, best)
+                    ref = _reference(cases, model, "quantization", device, best)
                     if ref is not None:
                         for variant in variants:
                             if variant == best:
                                 continue
-                            cand = _find(cases, model, "gguf", "llama_cpp", device, variant)
+                            cand = _same_engine(cases, ref, variant)
                             if cand is not None:
                                 out.append(Pair("quantization", ref, cand))
     return out

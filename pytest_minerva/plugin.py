@@ -13,9 +13,8 @@ import pytest
 from pytest_minerva import fixtures as _fixtures
 from pytest_minerva import hookspecs, markers, options
 from pytest_minerva.errors import LogitsUnavailable, MinervaError
-from pytest_minerva.session import SESSION_KEY, MinervaSession
-
-ENTRY_POINT_GROUP = "pytest_minerva"
+from pytest_minerva.hookspecs import ENTRY_POINT_GROUP
+from pytest_minerva.session import SESSION_KEY, build_session
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
@@ -32,7 +31,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(_fixtures, "minerva-fixtures")
     settings = options.Settings.from_config(config)
     try:
-        session = MinervaSession.create(settings, hook=config.hook)
+        session = build_session(settings, config.hook, config=config)
     except MinervaError as exc:
         raise pytest.UsageError(str(exc)) from None
     config.stash[SESSION_KEY] = session
@@ -95,5 +94,5 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: p
     if not session.used:
         return
     terminalreporter.section("minerva artifacts")
-    for used in session.used.values():
-        terminalreporter.write_line(used.artifact.describe())
+    for artifact in session.used.values():
+        terminalreporter.write_line(artifact.describe())

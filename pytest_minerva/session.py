@@ -1,10 +1,13 @@
 """Per-run state: catalog, backends, resolver, selected matrix, and loaded backends.
 
-One :class:`MinervaSession` lives in ``config.stash[SESSION_KEY]``. It is also what the
-``minerva`` command line builds, without pytest, from the same hooks.
+:func:`build_session` is the one way to make a :class:`MinervaSession`: the pytest plugin
+calls it with pytest's hook relay (one lives in ``config.stash[SESSION_KEY]``); the
+``minerva`` command line, the asv suite and the tools call it without one and get the relay
+of :func:`pytest_minerva.hookspecs.hook_relay`, so a backend or model that an installed
+package registers by entry point is seen everywhere.
 
 Backends are loaded through :meth:`MinervaSession.build_backend`, which applies the
-guards of :mod:`pytest_minerva.isolation`: a memory check before the load, a time
+guards of :mod:`pytest_minerva.guards`: a memory check before the load, a time
 limit on the load and on every generation, and, for every engine that runs native code,
 a worker process shared by that engine's models (``--minerva-no-isolate`` loads them here).
 """
@@ -21,11 +24,9 @@ import pytest
 
 from pytest_minerva.backends import BackendRegistry, BackendSpec, builtin_registry
 from pytest_minerva.backends.base import Backend, LoadOptions
-from pytest_minerva.catalog import Catalog, ModelSpec
 from pytest_minerva.derive.cache import ArtifactCache, default_cache_dir
 from pytest_minerva.errors import BackendUnavailable
-from pytest_minerva.hardware import Hardware, detect
-from pytest_minerva.isolation import (
+from pytest_minerva.guards import (
     IsolatedBackend,
     Limits,
     WorkerPool,
@@ -34,18 +35,15 @@ from pytest_minerva.isolation import (
     keep_stderr,
     load_guarded,
 )
+from pytest_minerva.hardware import Hardware, detect
 from pytest_minerva.matrix import Case, Pair, artifact_cases, backend_cases, pairs
+from pytest_minerva.models.catalog import Catalog, ModelSpec
+from pytest_minerva.models.local import select_models
+from pytest_minerva.models.resolve import ResolvedArtifact, Resolver
 from pytest_minerva.options import Settings
-from pytest_minerva.resolve import ResolvedArtifact, Resolver, select_models
 
 SESSION_KEY = pytest.StashKey["MinervaSession"]()
 MAX_LOADED_BACKENDS = 4
-
-
-@dataclass
-class UsedArtifact:
-    artifact: ResolvedArtifact
-    tests: int = 0
 
 
 @dataclass
@@ -55,38 +53,17 @@ class MinervaSession:
     registry: BackendRegistry
     resolver: Resolver
     hook: Any = None
+    #: pytest's config under pytest, else None (the hooks that take ``config`` get None).
+    config: pytest.Config | None = None
     models: list[ModelSpec] = field(default_factory=list)
     backends: list[BackendSpec] = field(default_factory=list)
-    used: dict[str, UsedArtifact] = field(default_factory=dict)
+    #: The artifacts this run resolved, by id (the plugin lists them in its summary).
+    used: dict[str, ResolvedArtifact] = field(default_factory=dict)
     _loaded: OrderedDict[tuple[str, str, str], Backend] = field(default_factory=OrderedDict)
     _hardware: Hardware | None = None
     pool: WorkerPool = field(default_factory=WorkerPool)
     #: Backends that run in this process although isolation was due, and why (for the summary).
     in_process: dict[str, str] = field(default_factory=dict)
-
-    @classmethod
-    def create(cls, settings: Settings, hook: Any = None) -> MinervaSession:
-        """Build the session; ``hook`` is a pluggy hook relay carrying the minerva hookspecs."""
-        keep_stderr()
-        catalog = Catalog.load()
-        registry = builtin_registry()
-        if hook is not None:
-            hook.pytest_minerva_register_models(catalog=catalog)
-            hook.pytest_minerva_register_backends(registry=registry)
-        cache = ArtifactCache(settings.cache_dir or default_cache_dir())
-        resolver = Resolver(
-            cache,
-            model_dir=settings.model_dir,
-            derive=settings.derive,
-            hook=hook.pytest_minerva_resolve_model if hook is not None else None,
-        )
-        session = cls(settings, catalog, registry, resolver, hook)
-        session.models = select_models(catalog, settings.models or catalog.defaults())
-        if settings.backends:
-            session.backends = [registry.get(name) for name in settings.backends]
-        else:
-            session.backends = [spec for spec in registry if not spec.opt_in]
-        return session
 
     @property
     def hardware(self) -> Hardware:
@@ -115,9 +92,43 @@ class MinervaSession:
 
     def resolve(self, case: Case) -> ResolvedArtifact:
         artifact = self.resolver.resolve(case.model, case.artifact)
-        used = self.used.setdefault(artifact.id, UsedArtifact(artifact))
-        used.tests += 1
+        self.used.setdefault(artifact.id, artifact)
         return artifact
+
+    def machine_info(self) -> dict[str, Any]:
+        """The facts of this machine that go into every results document: hardware, OS,
+        Python, then what ``pytest_minerva_generate_machine_info`` hooks add, then the edits
+        of ``pytest_minerva_update_machine_info`` hooks."""
+        return self._machine_info()[0]
+
+    def _machine_info(self) -> tuple[dict[str, Any], list[str]]:
+        """The machine info, and the keys the hooks added or edited."""
+        from pytest_minerva.storage.results import machine_info
+
+        base = machine_info()
+        extra: dict[str, Any] = {}
+        if self.hook is not None:
+            for facts in self.hook.pytest_minerva_generate_machine_info(config=self.config, session=self):
+                if isinstance(facts, dict):
+                    extra.update(facts)
+        info = {**base, **extra}
+        if self.hook is not None:
+            self.hook.pytest_minerva_update_machine_info(config=self.config, session=self, machine_info=info)
+        hooked = [k for k in info if k in extra or k not in base or info[k] != base[k]]
+        return info, hooked
+
+    def _machine_hooks(self) -> bool:
+        """Whether any plugin implements a machine-info hook (the header reads them only then)."""
+        if self.hook is None:
+            return False
+        names = ("pytest_minerva_generate_machine_info", "pytest_minerva_update_machine_info")
+        return any(getattr(self.hook, name).get_hookimpls() for name in names)
+
+    def update_report(self, report: dict[str, Any]) -> dict[str, Any]:
+        """Let ``pytest_minerva_update_report`` hooks edit a results document before it is written."""
+        if self.hook is not None:
+            self.hook.pytest_minerva_update_report(config=self.config, session=self, report=report)
+        return report
 
     def load_options(self, device: str) -> LoadOptions:
         extra: dict[str, object] = {}
@@ -161,11 +172,11 @@ class MinervaSession:
     def build_backend(self, case: Case, artifact: ResolvedArtifact, options: LoadOptions) -> Backend:
         """Load ``artifact`` for ``case`` under the run's guards.
 
-        Skips (:class:`~pytest_minerva.isolation.NotEnoughMemory`, a BackendUnavailable)
+        Skips (:class:`~pytest_minerva.guards.NotEnoughMemory`, a BackendUnavailable)
         when the load cannot fit in free memory. An engine that runs native code is loaded in
         the session's worker process for that engine (:meth:`isolates`), where the
         ``pytest_minerva_make_backend`` hooks of entry-point plugins run; a crash there fails
-        the step with :class:`~pytest_minerva.isolation.WorkerCrashed` and the session goes on.
+        the step with :class:`~pytest_minerva.guards.WorkerCrashed` and the session goes on.
         A backend the worker cannot build (its class lives in a conftest, or a conftest makes
         it) is loaded here instead, and the summary says so. In this process every load and
         generation still has its time limit.
@@ -173,7 +184,7 @@ class MinervaSession:
         assert case.backend is not None
         spec = case.backend
         what = f"{spec.name} on {options.device} with {artifact.id}"
-        needed = check_memory(what, spec.name, artifact, options)
+        needed = check_memory(what, spec, artifact, options)
         limits = self.limits(artifact)
         local_hook = self._local_make_backend() if self.isolates(spec) else None
         if local_hook is not None:
@@ -202,14 +213,16 @@ class MinervaSession:
             return False
         return True
 
-    def backend(self, case: Case) -> Backend:
-        """A loaded backend for ``case``, shared between tests; at most a few stay loaded."""
+    def backend(self, case: Case, artifact: ResolvedArtifact | None = None) -> Backend:
+        """A loaded backend for ``case``, shared between tests; at most a few stay loaded.
+        ``artifact`` is ``case``'s artifact where the caller resolved it already."""
         assert case.backend is not None and case.device is not None
         key = (case.model.name, case.artifact.variant, f"{case.backend.name}@{case.device}")
         if key in self._loaded:
             self._loaded.move_to_end(key)
             return self._loaded[key]
-        artifact = self.resolve(case)
+        if artifact is None:
+            artifact = self.resolve(case)
         built = self.build_backend(case, artifact, self.load_options(case.device))
         self._loaded[key] = built
         while len(self._loaded) > MAX_LOADED_BACKENDS:
@@ -252,7 +265,40 @@ class MinervaSession:
             devices = "/".join(self.devices_for(spec)) or "no device"
             backends.append(f"{spec.name} ({state}; {devices})")
         lines.append(f"minerva: backends: {'; '.join(backends)}")
+        if self._machine_hooks():
+            info, hooked = self._machine_info()
+            if hooked:
+                lines.append("minerva: machine: " + ", ".join(f"{k}={info[k]}" for k in hooked))
         return lines
+
+
+def build_session(settings: Settings, hook: Any = None, *, config: pytest.Config | None = None) -> MinervaSession:
+    """The one way to build a session.
+
+    ``hook`` is pytest's ``config.hook`` under pytest; elsewhere leave it out to get the relay
+    of the minerva hookspecs and every installed ``pytest_minerva`` entry point. Hooks add
+    models and backends to the catalog and registry before the run's selection is made.
+    """
+    from pytest_minerva.hookspecs import hook_relay
+
+    keep_stderr()
+    if hook is None:
+        hook = hook_relay()
+    catalog = Catalog.load()
+    registry = builtin_registry()
+    hook.pytest_minerva_register_models(catalog=catalog)
+    hook.pytest_minerva_register_backends(registry=registry)
+    cache = ArtifactCache(settings.cache_dir or default_cache_dir())
+    resolver = Resolver(
+        cache, model_dir=settings.model_dir, derive=settings.derive, hook=hook.pytest_minerva_resolve_model
+    )
+    session = MinervaSession(settings, catalog, registry, resolver, hook, config)
+    session.models = select_models(catalog, settings.models or catalog.defaults())
+    if settings.backends:
+        session.backends = [registry.get(name) for name in settings.backends]
+    else:
+        session.backends = [spec for spec in registry if not spec.opt_in]
+    return session
 
 
 def _version(dist: str) -> str:

@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 
 from pytest_minerva import hypothesis_profiles
-from pytest_minerva.catalog import fixtures_dir
 from pytest_minerva.equivalence import load_known_divergences
-from pytest_minerva.tokenizer_corpus import load_tokenizer_divergences
+from pytest_minerva.equivalence.tokenizer_corpus import load_tokenizer_divergences
+from pytest_minerva.models.catalog import fixtures_dir
 
 # The same profile as tests/conftest.py, for a run of suites/ alone: derandomized by default.
 hypothesis_profiles.load()

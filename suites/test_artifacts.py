@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pytest_minerva.formats import verify
-from pytest_minerva.resolve import ResolvedArtifact
+from pytest_minerva.models.resolve import ResolvedArtifact
 
 
 def test_artifact_verifies(model_artifact: ResolvedArtifact) -> None:

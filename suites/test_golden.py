@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_minerva import golden
 from pytest_minerva.backends.base import Backend
+from pytest_minerva.equivalence import golden
 from pytest_minerva.fixtures import get_session
 from pytest_minerva.storage.atomic import atomic_write_text
 

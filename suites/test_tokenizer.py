@@ -22,13 +22,13 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from pytest_minerva.fixtures import LoadedPair
-from pytest_minerva.tokenizer_corpus import (
+from pytest_minerva.equivalence.tokenizer_corpus import (
     CorpusCase,
     compare_on_corpus,
     describe_mismatches,
     load_corpus,
 )
+from pytest_minerva.fixtures import LoadedPair
 from suites.conftest import mark_tokenizer_divergence
 
 TEXT = st.one_of(

@@ -24,9 +24,9 @@ if "MINERVA_CACHE_DIR" not in os.environ:
 def tiny_gguf() -> Path:
     """The seeded tiny-random-llama F32 GGUF (generated on first use), for tests that run llama.cpp."""
     from pytest_minerva.options import Settings
-    from pytest_minerva.session import MinervaSession
+    from pytest_minerva.session import build_session
 
-    session = MinervaSession.create(Settings(models=["tiny-random-llama"], backends=["llama_cpp"]))
+    session = build_session(Settings(models=["tiny-random-llama"], backends=["llama_cpp"]))
     case = next(c for c in session.cases(formats=["gguf"]) if c.artifact.quant == "F32")
     reason = session.check_runnable(case)
     if reason:

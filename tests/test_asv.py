@@ -4,7 +4,7 @@ The unmarked tests import the suite and check what asv sees (benchmarks, paramet
 units, versions, skips) and how ``asv compare`` judges the samples the suite records.
 The ``asv``-marked tests (``pytest -m asv``, a few minutes) build a temporary git
 repository with a base commit, a no-op commit and a commit that disables llama.cpp's KV
-cache, and check that ``scripts/asv_gate.sh`` (``asv continuous``) flags the slowdown
+cache, and check that ``tools/asv_gate.sh`` (``asv continuous``) flags the slowdown
 only, that ``asv compare`` calls it significant, and that ``asv publish`` builds a site.
 """
 
@@ -28,7 +28,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 #: The files the suite consists of, copied over a clone of the last commit.
-SUITE_FILES = ("asv.conf.json", "benchmarks", "scripts/asv_gate.sh")
+SUITE_FILES = ("asv.conf.json", "benchmarks", "tools/asv_gate.sh")
 TRACKS = {
     "bench_generation.Generation.track_ttft_ms": ("track", "ms"),
     "bench_generation.Generation.track_tpot_ms": ("track", "ms"),
@@ -305,7 +305,7 @@ def test_the_gate_script_tells_a_regression_from_an_asv_failure(
         "FAKE_ASV_STATUS": str(asv_status),
     }
     done = subprocess.run(
-        [str(REPO / "scripts" / "asv_gate.sh"), "base", "head"], env=env, capture_output=True, text=True, timeout=60
+        [str(REPO / "tools" / "asv_gate.sh"), "base", "head"], env=env, capture_output=True, text=True, timeout=60
     )
     assert done.returncode == gate_status, done.stdout + done.stderr
     assert gate_says in done.stderr
@@ -316,9 +316,9 @@ def test_the_gate_script_tells_a_regression_from_an_asv_failure(
 
 
 def test_the_gate_script_rejects_extra_arguments() -> None:
-    done = subprocess.run([str(REPO / "scripts" / "asv_gate.sh"), "a", "b", "c"], capture_output=True, text=True)
+    done = subprocess.run([str(REPO / "tools" / "asv_gate.sh"), "a", "b", "c"], capture_output=True, text=True)
     assert done.returncode == 2
-    assert done.stderr == "usage: scripts/asv_gate.sh [BASE [HEAD]]\n"
+    assert done.stderr == "usage: tools/asv_gate.sh [BASE [HEAD]]\n"
 
 
 SLOWDOWN_FILE = "pytest_minerva/backends/llama_cpp.py"
@@ -354,7 +354,7 @@ class GateRepo:
 
     def gate(self, base: str, head: str) -> GateRun:
         started = time.monotonic()
-        done = self.run("scripts/asv_gate.sh", self.commits[base], self.commits[head])
+        done = self.run("tools/asv_gate.sh", self.commits[base], self.commits[head])
         return GateRun(base, head, done, time.monotonic() - started)
 
 

@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 
 from pytest_minerva.backends import Backend, GenerationRequest, LoadOptions, builtin_registry
-from pytest_minerva.catalog import Catalog
 from pytest_minerva.derive.cache import ArtifactCache, default_cache_dir
 from pytest_minerva.errors import ArtifactMissing, BackendUnavailable, FormatError, MinervaError
-from pytest_minerva.resolve import ResolvedArtifact, Resolver
+from pytest_minerva.models.catalog import Catalog
+from pytest_minerva.models.resolve import ResolvedArtifact, Resolver
 
 MODEL = "smollm2-135m"
 OPTIONS = LoadOptions(device="cpu", threads=1, n_ctx=512)

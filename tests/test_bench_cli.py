@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from pytest_minerva.catalog import fixtures_dir
-from pytest_minerva.cli import main
+from pytest_minerva.commands import main
+from pytest_minerva.models.catalog import fixtures_dir
 from pytest_minerva.storage import results
 from pytest_minerva.timing import report
 

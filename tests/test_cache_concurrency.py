@@ -20,16 +20,16 @@ from typing import Any
 
 import pytest
 
-from pytest_minerva.catalog import Catalog
 from pytest_minerva.derive.cache import ArtifactCache
-from pytest_minerva.resolve import Resolver
+from pytest_minerva.models.catalog import Catalog
+from pytest_minerva.models.resolve import Resolver
 
 RACER = r"""
 import contextlib, json, os, sys, time
 from pathlib import Path
-from pytest_minerva.catalog import Catalog
+from pytest_minerva.models.catalog import Catalog
 from pytest_minerva.derive.cache import ArtifactCache
-from pytest_minerva.resolve import Resolver
+from pytest_minerva.models.resolve import Resolver
 
 base, trials, name, out = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3], Path(sys.argv[4])
 if "--no-lock" in sys.argv:

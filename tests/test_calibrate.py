@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from pytest_minerva.cli import _extra_commands, make_parser
+from pytest_minerva.commands import make_parser
 from pytest_minerva.equivalence import load_known_divergences, load_profiles
-from pytest_minerva.equivalence.profiles import ProfileError, default_tolerances_path
+from pytest_minerva.equivalence.profiles import ProfileError
+from pytest_minerva.equivalence.tolerances import default_tolerances_path
 
 pytest.importorskip("llama_cpp")
 
@@ -23,10 +24,10 @@ def tolerances(tmp_path: Path) -> Path:
 
 
 def test_calibrate_records_measurements_and_derives_bounds(tolerances: Path) -> None:
-    from pytest_minerva.equivalence.cli import cmd_calibrate
+    from pytest_minerva.commands.calibrate import cmd_calibrate
 
     before = load_profiles(tolerances)["f32-vs-f16"]
-    args = make_parser(_extra_commands()).parse_args(
+    args = make_parser().parse_args(
         [
             "calibrate",
             "--model",

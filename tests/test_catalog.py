@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_minerva.catalog import Catalog, CatalogError, check_name, parse_catalog
 from pytest_minerva.errors import PathEscape, UnknownModel
+from pytest_minerva.models.catalog import Catalog, CatalogError, check_name, parse_catalog
 
 
 def test_committed_catalog_has_the_required_models() -> None:

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from pytest_minerva import chat_template
-from pytest_minerva.chat_template import ChatTemplateError, gguf_chat_template, render_chat_template
 from pytest_minerva.errors import FormatError
+from pytest_minerva.models import chat_template
+from pytest_minerva.models.chat_template import ChatTemplateError, gguf_chat_template, render_chat_template
 
 CHAT = [
     {"role": "system", "content": "Be brief."},
@@ -165,9 +165,9 @@ def gguf_with_template(tmp_path_factory: pytest.TempPathFactory) -> Callable[[st
     """The tiny-random-llama F32 GGUF rewritten with a given chat template (by gguf-py's own script)."""
     if importlib.util.find_spec("tokenizers") is None or importlib.util.find_spec("gguf") is None:
         pytest.skip("needs tokenizers (for tiny-random-llama) and gguf")
-    from pytest_minerva.catalog import Catalog
     from pytest_minerva.derive.cache import ArtifactCache, default_cache_dir
-    from pytest_minerva.resolve import Resolver
+    from pytest_minerva.models.catalog import Catalog
+    from pytest_minerva.models.resolve import Resolver
 
     model = Catalog.load().get("tiny-random-llama")
     source = Resolver(ArtifactCache(default_cache_dir())).resolve(model, model.artifact("gguf", "F32")).path

@@ -62,7 +62,7 @@ def crashy_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def minerva(site: Path, *argv: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(site), str(ROOT)]))
     return subprocess.run(
-        [sys.executable, "-c", "from pytest_minerva.cli import main; raise SystemExit(main())", *argv],
+        [sys.executable, "-c", "from pytest_minerva.commands import main; raise SystemExit(main())", *argv],
         capture_output=True,
         text=True,
         env=env,
@@ -237,7 +237,7 @@ def test_enabled_features_reads_llama_system_info() -> None:
 
 
 def test_compare_counts_a_crashed_engine_as_a_failure_and_keeps_the_others() -> None:
-    from pytest_minerva.regression import round_figures
+    from pytest_minerva.compare import round_figures
 
     document = {
         "backends": [

@@ -22,22 +22,17 @@ from typing import Any
 import numpy as np
 import pytest
 
-from pytest_minerva.catalog import ArtifactSpec, Catalog, ModelSpec
+from pytest_minerva.commands.models import models_table
 from pytest_minerva.derive import gguf_to_safetensors, safetensors_to_mlx
 from pytest_minerva.derive.cache import ArtifactCache, default_cache_dir
-from pytest_minerva.derive.gguf_to_safetensors import (
-    Declared,
-    GGUFHeader,
-    check_config_against_gguf,
-    compare_facts,
-    gguf_declared_config,
-    sliding_window_pattern,
-)
+from pytest_minerva.derive.facts import Declared, compare_facts, gguf_declared_config, sliding_window_pattern
+from pytest_minerva.derive.gguf_header import GGUFHeader
+from pytest_minerva.derive.gguf_to_safetensors import check_config_against_gguf
 from pytest_minerva.derive.safetensors_to_mlx import check_mlx_config
+from pytest_minerva.equivalence.tokenizer_corpus import corpus_sha256, load_corpus
 from pytest_minerva.errors import ArtifactMissing, FormatError
-from pytest_minerva.models_report import models_table
-from pytest_minerva.resolve import ResolvedArtifact, Resolver
-from pytest_minerva.tokenizer_corpus import corpus_sha256, load_corpus
+from pytest_minerva.models.catalog import ArtifactSpec, Catalog, ModelSpec
+from pytest_minerva.models.resolve import ResolvedArtifact, Resolver
 
 PROMPT = "The capital of France is"
 PASSAGE = (

@@ -20,19 +20,19 @@ import numpy as np
 import pytest
 
 from pytest_minerva.backends import builtin_registry
-from pytest_minerva.catalog import Catalog
 from pytest_minerva.derive import gguf_tokenizer
-from pytest_minerva.derive.gguf_to_safetensors import GGUFHeader, read_gguf_header
+from pytest_minerva.derive.gguf_header import GGUFHeader, read_gguf_header
 from pytest_minerva.derive.gguf_tokenizer import tokenizer_rule
-from pytest_minerva.errors import FormatError, MinervaError
-from pytest_minerva.matrix import TOKENIZER_PAIRS, backend_cases, pairs
-from pytest_minerva.tokenizer_corpus import (
+from pytest_minerva.equivalence.tokenizer_corpus import (
     CorpusCase,
     compare_on_corpus,
     describe_mismatches,
     load_corpus,
     load_tokenizer_divergences,
 )
+from pytest_minerva.errors import FormatError, MinervaError
+from pytest_minerva.matrix import TOKENIZER_PAIRS, backend_cases, pairs
+from pytest_minerva.models.catalog import Catalog
 
 REPO = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
@@ -98,7 +98,7 @@ def test_an_unknown_type_fails_in_one_line_naming_the_type_and_the_file(fields: 
 def test_derivation_refuses_an_unknown_type_before_writing_anything(tmp_path: Path) -> None:
     gguf = pytest.importorskip("gguf")
     from pytest_minerva.derive.gguf_to_safetensors import derive
-    from pytest_minerva.resolve import ResolvedArtifact
+    from pytest_minerva.models.resolve import ResolvedArtifact
 
     path = tmp_path / "odd.gguf"
     writer = gguf.GGUFWriter(str(path), "llama")
@@ -216,7 +216,7 @@ def smollm2_gguf() -> Path:
     pytest.importorskip("llama_cpp")
     pytest.importorskip("transformers")
     from pytest_minerva.derive.cache import ArtifactCache, default_cache_dir
-    from pytest_minerva.resolve import Resolver
+    from pytest_minerva.models.resolve import Resolver
 
     model = Catalog.load().get("smollm2-135m")
     found = Resolver(ArtifactCache(default_cache_dir())).locate(model, model.artifact("gguf"))
@@ -278,7 +278,7 @@ def test_the_issue_table_passes_for_the_derived_smollm2_tokenizer(smollm2_gguf: 
 def test_the_derived_smollm2_tokenizer_passes_the_whole_corpus(smollm2_gguf: Path, derived_smollm2: Path) -> None:
     from pytest_minerva.backends.llama_cpp import LlamaCppVocab
     from pytest_minerva.derive.gguf_to_safetensors import check_tokenizer
-    from pytest_minerva.tokenizer_corpus import corpus_sha256
+    from pytest_minerva.equivalence.tokenizer_corpus import corpus_sha256
 
     found = read_gguf_header(smollm2_gguf)
     with LlamaCppVocab(smollm2_gguf) as llama:

@@ -19,11 +19,11 @@ import pytest
 from fake_hub import FakeHub, git_blob_sha1, running_hub
 from huggingface_hub import constants as hf_constants
 
-from pytest_minerva.catalog import ArtifactSpec, Catalog, ModelSpec
 from pytest_minerva.derive.cache import ArtifactCache
 from pytest_minerva.errors import MinervaError, UnknownModel
-from pytest_minerva.fetch import FetchError, fetch_artifact, fetch_model, plan_fetch
-from pytest_minerva.resolve import Resolver
+from pytest_minerva.models.catalog import ArtifactSpec, Catalog, ModelSpec
+from pytest_minerva.models.fetch import FetchError, fetch_artifact, fetch_model, plan_fetch
+from pytest_minerva.models.resolve import Resolver
 
 REPO = "minerva-test/tiny-GGUF"
 GGUF_NAME = "tiny.gguf"

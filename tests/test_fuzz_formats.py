@@ -556,9 +556,9 @@ def real_safetensors() -> tuple[Path, SafeTensorsTarget]:
     """The generated tiny-random-llama SafeTensors directory and its weights file as a target."""
     if importlib.util.find_spec("tokenizers") is None:
         pytest.skip("the tiny-random-llama generator needs the tokenizers package")
-    from pytest_minerva.catalog import Catalog
     from pytest_minerva.derive.cache import ArtifactCache, default_cache_dir
-    from pytest_minerva.resolve import Resolver
+    from pytest_minerva.models.catalog import Catalog
+    from pytest_minerva.models.resolve import Resolver
 
     model = Catalog.load().get("tiny-random-llama")
     directory = Resolver(ArtifactCache(default_cache_dir())).resolve(model, model.artifact("safetensors")).path
@@ -610,9 +610,9 @@ def outcome_of(call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
 
 def disk_case(stats: FuzzStats, path: Path) -> str:
     """Check ``path`` three ways under the time bound; they must agree. Returns the outcome."""
-    from pytest_minerva.chat_template import ChatTemplateError, gguf_chat_template, render_chat_template
     from pytest_minerva.formats import verify_command
-    from pytest_minerva.resolve import model_from_path
+    from pytest_minerva.models.chat_template import ChatTemplateError, gguf_chat_template, render_chat_template
+    from pytest_minerva.models.local import model_from_path
 
     stats.tried += 1
     previous = signal.signal(signal.SIGALRM, _on_alarm)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_minerva import golden
+from pytest_minerva.equivalence import golden
 from pytest_minerva.errors import FormatError
 
 DOC = {

@@ -20,11 +20,20 @@ from typing import Any
 import numpy as np
 import pytest
 
-from pytest_minerva import isolation
 from pytest_minerva.backends import BackendSpec, builtin_registry
-from pytest_minerva.backends.base import GenerationRequest, LoadOptions
+from pytest_minerva.backends.base import (
+    CAPABILITIES,
+    BatchGeneration,
+    BatchGenerator,
+    GenerationRequest,
+    KvCacheBytes,
+    LoadOptions,
+    PerfCounters,
+    TimedBatchGenerator,
+)
 from pytest_minerva.errors import FormatError, MinervaError
-from pytest_minerva.isolation import (
+from pytest_minerva.guards import (
+    MAX_CONSECUTIVE_CRASHES,
     BackendTimeout,
     IsolatedBackend,
     Limits,
@@ -32,10 +41,13 @@ from pytest_minerva.isolation import (
     OutOfMemory,
     ProtocolError,
     WorkerCrashed,
+    check_memory,
     decode_array,
     load_guarded,
+    needed_memory,
 )
-from pytest_minerva.resolve import ResolvedArtifact
+from pytest_minerva.guards import memory as guards_memory
+from pytest_minerva.models.resolve import ResolvedArtifact
 
 ENGINE = '''
 """A test-only engine that misbehaves on request: the token ids (or options.extra) say how."""
@@ -48,7 +60,7 @@ import time
 
 import numpy as np
 
-from pytest_minerva.backends.base import TokenEvent
+from pytest_minerva.backends.base import BatchGeneration, TokenEvent
 
 CRASH_SEGV, CRASH_ABORT, CRASH_KILL, CRASH_EXIT, HANG, HUGE_ALLOC, RAISE = 13, 14, 15, 16, 17, 18, 19
 
@@ -120,6 +132,25 @@ class MisbehavingBackend:
 
     def close(self):
         pass
+
+
+class BatchingBackend(MisbehavingBackend):
+    """Has every optional capability: the full perf counters, KV bytes and (timed) batches."""
+
+    name = "batching"
+
+    def reset_perf_counters(self):
+        pass
+
+    def kv_cache_bytes(self):
+        return 4096
+
+    def generate_batch(self, prompts, max_tokens):
+        return self.timed_generate_batch(prompts, max_tokens).tokens
+
+    def timed_generate_batch(self, prompts, max_tokens):
+        tokens = [[3 + (len(prompt) + i) % 4 for i in range(max_tokens)] for prompt in prompts]
+        return BatchGeneration(tokens, 1.25, [1.5 + i / 8 for i in range(max_tokens)])
 '''
 
 CRASH_SEGV, CRASH_ABORT, CRASH_KILL, CRASH_EXIT, HANG, HUGE_ALLOC, RAISE = 13, 14, 15, 16, 17, 18, 19
@@ -160,6 +191,7 @@ def on_path(engine_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 SPEC = BackendSpec("misbehaving", formats=("gguf",), target="misbehaving_engine:MisbehavingBackend")
+BATCHING = BackendSpec("batching", formats=("gguf",), target="misbehaving_engine:BatchingBackend")
 
 
 def small_artifact(tmp_path: Path) -> ResolvedArtifact:
@@ -199,6 +231,35 @@ def test_worker_answers_like_the_engine_and_uses_another_process(on_path: Path, 
     assert pid is not None
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
+
+
+def test_capabilities_are_forwarded_exactly_when_the_engine_has_them(on_path: Path, tmp_path: Path) -> None:
+    artifact = small_artifact(tmp_path)
+    limits = Limits.for_size(4 << 20, 20.0)
+    for spec in (SPEC, BATCHING):
+        local = spec.build(artifact, LoadOptions())
+        remote = IsolatedBackend(spec, artifact, LoadOptions(), limits)
+        try:
+            for capability in CAPABILITIES:
+                assert isinstance(remote, capability) == isinstance(local, capability), (spec.name, capability)
+        finally:
+            remote.close()
+    # The plain engine has perf_counters but not reset_perf_counters: it is not a PerfCounters.
+    plain = IsolatedBackend(SPEC, artifact, LoadOptions(), limits)
+    batching = IsolatedBackend(BATCHING, artifact, LoadOptions(), limits)
+    try:
+        assert not any(isinstance(plain, c) for c in (PerfCounters, KvCacheBytes, BatchGenerator, TimedBatchGenerator))
+        assert all(isinstance(batching, c) for c in (PerfCounters, KvCacheBytes, BatchGenerator, TimedBatchGenerator))
+        timed = batching.timed_generate_batch([[1, 2], [3]], 3)
+        assert type(timed) is BatchGeneration
+        assert timed == BatchGeneration([[5, 6, 3], [4, 5, 6]], 1.25, [1.5, 1.625, 1.75])
+        assert timed.time_to_first_token_s == 0.25
+        assert batching.generate_batch([[1, 2], [3]], 3) == timed.tokens
+        assert batching.kv_cache_bytes() == 4096
+        assert batching.reset_perf_counters() is None
+    finally:
+        plain.close()
+        batching.close()
 
 
 @pytest.mark.parametrize(
@@ -301,7 +362,7 @@ def test_a_real_memory_error_in_the_worker_reports_figures(
 ) -> None:
     if not hasattr(os, "fork") or sys.platform == "darwin":
         pytest.skip("RLIMIT_AS is honoured on Linux only")
-    monkeypatch.setattr(isolation, "available_memory", lambda device: 3 << 30)
+    monkeypatch.setattr(guards_memory, "available_memory", lambda device: 3 << 30)
     options = LoadOptions()
     backend = IsolatedBackend(SPEC, small_artifact(tmp_path), options, Limits.for_size(0, 20.0), needed=1 << 30)
     try:
@@ -316,7 +377,7 @@ def test_a_real_memory_error_in_the_worker_reports_figures(
 
 
 def test_oom_killer_message_gives_the_estimate(on_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(isolation, "available_memory", lambda device: 512 << 20)
+    monkeypatch.setattr(guards_memory, "available_memory", lambda device: 512 << 20)
     backend = IsolatedBackend(SPEC, small_artifact(tmp_path), LoadOptions(), Limits.for_size(0, 10.0), needed=3 << 30)
     try:
         with pytest.raises(WorkerCrashed) as info:
@@ -414,7 +475,7 @@ def test_in_process_load_limit() -> None:
     ],
 )
 def test_in_process_out_of_memory_carries_figures(monkeypatch: pytest.MonkeyPatch, error: BaseException) -> None:
-    monkeypatch.setattr(isolation, "available_memory", lambda device: 200 << 20)
+    monkeypatch.setattr(guards_memory, "available_memory", lambda device: 200 << 20)
     guarded = load_guarded("t", lambda: Sleepy(fail=error), Limits.for_size(0, 5.0), needed=3 << 29)
     with pytest.raises(OutOfMemory) as info:
         guarded.logits([1])
@@ -604,7 +665,7 @@ def test_a_bad_isolate_ini_value_is_a_usage_error(plugin_project: pytest.Pyteste
 
 
 def test_models_of_one_engine_share_one_worker(on_path: Path, tmp_path: Path) -> None:
-    from pytest_minerva.isolation import WorkerPool
+    from pytest_minerva.guards import WorkerPool
 
     pool = WorkerPool()
     first_dir, second_dir = tmp_path / "a", tmp_path / "b"
@@ -639,7 +700,7 @@ def test_models_of_one_engine_share_one_worker(on_path: Path, tmp_path: Path) ->
 def test_after_three_crashes_in_a_row_a_backend_is_given_up(on_path: Path, tmp_path: Path) -> None:
     backend = start(tmp_path)
     try:
-        for _ in range(isolation.MAX_CONSECUTIVE_CRASHES):
+        for _ in range(MAX_CONSECUTIVE_CRASHES):
             with pytest.raises(WorkerCrashed):
                 backend.logits([1, CRASH_SEGV])
         pid = backend.pid
@@ -713,8 +774,10 @@ def pytest_minerva_register_backends(registry):
     result = run(pytester, "--model", "toy.gguf", "--backend", "local")
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(
-        ["local ran in this process, without crash isolation: its worker could not build it (backend local: "
-         "cannot import made_in_memory:LocalBackend*"]
+        [
+            "local ran in this process, without crash isolation: its worker could not build it (backend local: "
+            "cannot import made_in_memory:LocalBackend*"
+        ]
     )
     forced = run(pytester, "--model", "toy.gguf", "--backend", "local", "--minerva-isolate", "-rs")
     forced.assert_outcomes(skipped=1)  # asked for isolation: no silent fallback
@@ -727,8 +790,11 @@ def test_a_backend_only_a_conftest_can_build_runs_here_and_the_summary_says_so(p
     result = run(pytester, "--model", "toy.gguf", "--backend", "local")
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(
-        ["*= minerva engines =*", "local ran in this process, without crash isolation: a pytest_minerva_make_backend "
-         "hook in *conftest.py builds it"]
+        [
+            "*= minerva engines =*",
+            "local ran in this process, without crash isolation: a pytest_minerva_make_backend "
+            "hook in *conftest.py builds it",
+        ]
     )
 
 
@@ -794,7 +860,8 @@ def test_a_native_hang_in_process_ends_the_job_with_tracebacks(plugin_project: p
 def test_not_enough_memory_skips_with_both_figures(plugin_project: pytest.Pytester) -> None:
     plugin_project.makeconftest(
         CONFTEST
-        + "\nimport pytest_minerva.isolation as iso\niso.available_memory = lambda device: 100 << 20  # a fake probe\n"
+        + "\nimport pytest_minerva.guards.memory as memory\n"
+        + "memory.available_memory = lambda device: 100 << 20  # a fake probe\n"
     )
     plugin_project.makepyfile(test_mem="def test_uses(backend):\n    pass\n")
     result = run(plugin_project, "--model", "toy.gguf", "--backend", "misbehaving", "-rs")
@@ -815,27 +882,28 @@ def test_needed_memory_for_transformers_counts_dequantized_parameters(
     artifact = small_artifact(tmp_path)
     size = artifact.path.stat().st_size
     artifact.summary = ModelSummary(artifact.path, "gguf", "llama", 134_515_008, 1, {}, "Q4_1", None, size)
-    needed, how = isolation.needed_memory("transformers", artifact, LoadOptions(dtype="float32"))
+    transformers, llama_cpp = builtin_registry().get("transformers"), builtin_registry().get("llama_cpp")
+    needed, how = needed_memory(transformers, artifact, LoadOptions(dtype="float32"))
     assert needed == int(134_515_008 * 4 * 1.1) + (256 << 20)
     assert how == "134,515,008 parameters x 4 bytes (float32) + 10% + 256 MiB"
-    needed, how = isolation.needed_memory("llama_cpp", artifact, LoadOptions())
+    needed, how = needed_memory(llama_cpp, artifact, LoadOptions())
     assert needed == int(size * 1.1) + (256 << 20)
     assert how == "the 4 MiB of weights + 10% + 256 MiB"
-    monkeypatch.setattr(isolation, "available_memory", lambda device: needed)
-    assert isolation.check_memory("x", "llama_cpp", artifact, LoadOptions()) == needed
-    monkeypatch.setattr(isolation, "available_memory", lambda device: needed - 1)
+    monkeypatch.setattr(guards_memory, "available_memory", lambda device: needed)
+    assert check_memory("x", llama_cpp, artifact, LoadOptions()) == needed
+    monkeypatch.setattr(guards_memory, "available_memory", lambda device: needed - 1)
     expected = r"^x: needs about 260 MiB of cpu memory \(the 4 MiB of weights \+ 10% \+ 256 MiB\), but only 260 MiB"
     with pytest.raises(NotEnoughMemory, match=expected):
-        isolation.check_memory("x", "llama_cpp", artifact, LoadOptions())
+        check_memory("x", llama_cpp, artifact, LoadOptions())
 
 
 def test_session_limits_use_the_option_or_the_model_size(tmp_path: Path) -> None:
     from pytest_minerva.options import Settings
-    from pytest_minerva.session import MinervaSession
+    from pytest_minerva.session import build_session
 
     artifact = small_artifact(tmp_path)
-    explicit = MinervaSession.create(Settings(models=["tiny-random-llama"], timeout_s=42.0, cache_dir=tmp_path))
+    explicit = build_session(Settings(models=["tiny-random-llama"], timeout_s=42.0, cache_dir=tmp_path))
     assert explicit.limits(artifact) == Limits(42.0, 42.0, 0.0, explicit=True)
-    auto = MinervaSession.create(Settings(models=["tiny-random-llama"], timeout_s=None, cache_dir=tmp_path))  # type: ignore[arg-type]
+    auto = build_session(Settings(models=["tiny-random-llama"], timeout_s=None, cache_dir=tmp_path))  # type: ignore[arg-type]
     size = artifact.path.stat().st_size
     assert auto.limits(artifact) == Limits(120.0 + size / 25e6, 60.0, size / 100e6)

@@ -26,13 +26,13 @@ from pytest_minerva.backends.openai_http import (
     compare_topk,
     llama_server_piece,
 )
-from pytest_minerva.catalog import Catalog
 from pytest_minerva.derive.cache import ArtifactCache, default_cache_dir
 from pytest_minerva.errors import ArtifactMissing, MinervaError
-from pytest_minerva.resolve import ResolvedArtifact, Resolver
+from pytest_minerva.models.catalog import Catalog
+from pytest_minerva.models.resolve import ResolvedArtifact, Resolver
+from pytest_minerva.serving.client import Endpoint, HttpStatusError, request_json
 from pytest_minerva.serving.faults import FaultProxy
 from pytest_minerva.serving.server import server_unavailable_reason
-from pytest_minerva.serving.sse import Endpoint, HttpStatusError, request_json
 
 pytestmark = pytest.mark.skipif(server_unavailable_reason() is not None, reason=str(server_unavailable_reason()))
 pytest.importorskip("llama_cpp")
@@ -265,13 +265,12 @@ def test_top_logprobs_need_a_server_that_returns_them(keyed: tuple[OpenAIHttpBac
 def test_serve_bench_output_never_contains_the_key(keyed: tuple[OpenAIHttpBackend, str], tmp_path: Path) -> None:
     import io
 
-    from pytest_minerva.cli import make_parser
-    from pytest_minerva.serving.cli import add_commands
+    from pytest_minerva.commands import make_parser
 
     backend, key = keyed
     out = io.StringIO()
     target = tmp_path / "keyed.json"
-    args = make_parser([add_commands]).parse_args(
+    args = make_parser().parse_args(
         [
             *("serve-bench", "--endpoint", backend.endpoint.url, "--api-key-env", KEY_ENV),
             *("--concurrency", "1", "--requests", "1", "--rounds", "1", "--max-tokens", "3", "--prompt-tokens", "8"),

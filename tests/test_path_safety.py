@@ -10,11 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pytest_minerva.catalog import ArtifactSpec, Catalog, ModelSpec, parse_catalog
 from pytest_minerva.derive.cache import ArtifactCache
 from pytest_minerva.errors import FormatError, PathEscape, UnknownModel, UnsafeFile
 from pytest_minerva.formats import verify
-from pytest_minerva.resolve import Resolver, model_from_path, select_models
+from pytest_minerva.models.catalog import ArtifactSpec, Catalog, ModelSpec, parse_catalog
+from pytest_minerva.models.local import model_from_path, select_models
+from pytest_minerva.models.resolve import Resolver
 
 PACKAGE = Path(__file__).resolve().parent.parent / "pytest_minerva"
 
@@ -96,7 +97,7 @@ def test_plugin_catalog_entries_with_escaping_file_names_are_refused(name: str) 
 def test_plugin_catalog_entries_are_checked_through_the_hook(pytester: pytest.Pytester) -> None:
     pytester.makeconftest(
         """
-        from pytest_minerva.catalog import ArtifactSpec, ModelSpec
+        from pytest_minerva.models.catalog import ArtifactSpec, ModelSpec
 
         def pytest_minerva_register_models(catalog):
             catalog.add(ModelSpec("evil", "llama", artifacts=(

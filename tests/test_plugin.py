@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_minerva.catalog import fixtures_dir
+from pytest_minerva.models.catalog import fixtures_dir
 
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 

@@ -18,9 +18,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pytest_minerva.cli import main
-from pytest_minerva.errors import MinervaError
-from pytest_minerva.regression import (
+from pytest_minerva.commands import main
+from pytest_minerva.compare import (
     Criteria,
     Round,
     abba_orders,
@@ -31,14 +30,12 @@ from pytest_minerva.regression import (
     interleave,
     interpreter_of,
     judge,
-    mann_whitney_u,
-    min_paired_rounds,
     round_figures,
     run_samples,
-    unpaired_can_conclude,
-    wilcoxon_signed_rank,
     worktrees,
 )
+from pytest_minerva.errors import MinervaError
+from pytest_minerva.stats.rank import mann_whitney_u, min_paired_rounds, unpaired_can_conclude, wilcoxon_signed_rank
 from pytest_minerva.storage import results
 from pytest_minerva.timing import scenarios
 from pytest_minerva.timing.harness import RunRecord, ScenarioResult
@@ -530,7 +527,7 @@ def test_bench_command_and_custom_commands() -> None:
     assert bench_command(args) == [
         "{python}",
         "-m",
-        "pytest_minerva.cli",
+        "pytest_minerva.commands",
         "bench",
         "--model",
         "smollm2-135m",
@@ -592,11 +589,11 @@ LlamaCppBackend.stream = _busy_wait_after_each_token(LlamaCppBackend.stream)
 def slow_clone(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A clone of this repository's HEAD plus a commit that busy-waits 10 ms after each llama.cpp token."""
     from pytest_minerva.options import Settings
-    from pytest_minerva.session import MinervaSession
+    from pytest_minerva.session import build_session
 
     if shutil.which("git") is None or not (REPO / ".git").exists():
         pytest.skip("needs git and a git checkout of pytest-minerva")
-    session = MinervaSession.create(Settings(models=["smollm2-135m"], backends=["llama_cpp"]))
+    session = build_session(Settings(models=["smollm2-135m"], backends=["llama_cpp"]))
     cases = session.cases(formats=["gguf"])
     if not cases:
         pytest.skip("smollm2-135m has no GGUF case for llama_cpp")

@@ -6,10 +6,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pytest_minerva.catalog import ArtifactSpec, Catalog, ModelSpec, parse_catalog
 from pytest_minerva.derive.cache import ArtifactCache
 from pytest_minerva.errors import ArtifactMissing, FormatError, PathEscape
-from pytest_minerva.resolve import Resolver, model_from_path, select_models
+from pytest_minerva.models.catalog import ArtifactSpec, Catalog, ModelSpec, parse_catalog
+from pytest_minerva.models.local import model_from_path, select_models
+from pytest_minerva.models.resolve import Resolver
 
 
 def write_small_gguf(path: Path, arch: str = "llama") -> Path:

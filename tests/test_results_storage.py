@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from pytest_minerva.catalog import fixtures_dir
 from pytest_minerva.errors import MinervaError
+from pytest_minerva.models.catalog import fixtures_dir
 from pytest_minerva.storage import results
 
 GOLDEN = fixtures_dir() / "golden" / "bench_schema_v1.json"

@@ -23,23 +23,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pytest_minerva.errors import MinervaError
+from pytest_minerva.fixtures import default_gguf
 from pytest_minerva.serving import loadgen
+from pytest_minerva.serving.client import Endpoint, Timeouts, parse_retry_after, request_json
 from pytest_minerva.serving.faults import FaultProxy, refused_port
-from pytest_minerva.serving.server import (
-    LlamaCppServer,
-    default_gguf,
-    server_unavailable_reason,
-)
-from pytest_minerva.serving.sse import (
-    Endpoint,
-    Failure,
-    SSEParser,
-    StreamResult,
-    Timeouts,
-    parse_retry_after,
-    request_json,
-    stream_request,
-)
+from pytest_minerva.serving.load_results import Slo
+from pytest_minerva.serving.server import LlamaCppServer, server_unavailable_reason
+from pytest_minerva.serving.sse import Failure, SSEParser, StreamResult, stream_request
+from pytest_minerva.serving.workload import Workload, fit_prompts, rotated_prompts
 
 needs_server = pytest.mark.skipif(server_unavailable_reason() is not None, reason=str(server_unavailable_reason()))
 PROSE = (
@@ -128,12 +119,12 @@ def test_slo_counts_only_successful_requests_within_both_bounds() -> None:
         r.count_tokens(requested=2)
         return r
 
-    slo = loadgen.Slo(ttft_ms=100, tpt_ms=20)
+    slo = Slo(ttft_ms=100, tpt_ms=20)
     assert slo.met(timed(0.05, 0.01))
     assert not slo.met(timed(0.2, 0.01))
     assert not slo.met(timed(0.05, 0.03))
     assert not slo.met(timed(0.05, 0.01, Failure("timeout", "x")))
-    assert loadgen.Slo().met(timed(9.0, 9.0))
+    assert Slo().met(timed(9.0, 9.0))
     assert slo.describe() == "TTFT <= 100 ms and TpT <= 20 ms"
 
 
@@ -148,7 +139,7 @@ def test_poisson_schedule_is_seeded_and_has_the_requested_mean_rate() -> None:
 
 
 def test_rotated_prompts_are_distinct_and_start_differently() -> None:
-    prompts = loadgen.rotated_prompts(PROSE, 12, words=20)
+    prompts = rotated_prompts(PROSE, 12, words=20)
     assert len(set(prompts)) == 12
     assert len({p.split()[0] + p.split()[1] for p in prompts}) == 12
     assert all(len(p.split()) == 20 for p in prompts)
@@ -161,22 +152,22 @@ def test_fit_prompts_cuts_to_length_and_never_repeats_a_first_token() -> None:
     def detokenize(ids: object) -> str:
         return "".join(chr(i) for i in ids)  # type: ignore[attr-defined]
 
-    fitted = loadgen.fit_prompts(["abcd", "abzz", "aacb", "bbbxy"], 2, tokenize, detokenize)
+    fitted = fit_prompts(["abcd", "abzz", "aacb", "bbbxy"], 2, tokenize, detokenize)
     assert fitted == ("ab", "bz", "cb", "xy")
     with pytest.raises(MinervaError, match="prompt 1 has 1 tokens left, fewer than the 2 asked for"):
-        loadgen.fit_prompts(["abc", "ab"], 2, tokenize, detokenize)
+        fit_prompts(["abc", "ab"], 2, tokenize, detokenize)
     with pytest.raises(MinervaError, match="prompt 1: none of its first 64 tokens"):
-        loadgen.fit_prompts(["ab", "aaa"], 1, tokenize, detokenize)
+        fit_prompts(["ab", "aaa"], 1, tokenize, detokenize)
 
 
 def test_workload_payload_fixes_the_length_and_greedy_sampling() -> None:
-    workload = loadgen.Workload(("a", "b"), max_tokens=8, api="chat", model="m")
+    workload = Workload(("a", "b"), max_tokens=8, api="chat", model="m")
     body = workload.payload(3)
     assert body["messages"] == [{"role": "user", "content": "b"}]
     assert (body["max_tokens"], body["min_tokens"], body["temperature"], body["repeat_penalty"]) == (8, 8, 0.0, 1.0)
     assert body["model"] == "m"
     with pytest.raises(MinervaError, match="at least 2"):
-        loadgen.Workload(("a",), max_tokens=1)
+        Workload(("a",), max_tokens=1)
 
 
 # -- the server ---------------------------------------------------------------
@@ -272,8 +263,8 @@ def test_chat_stream_skips_the_role_header_event(endpoint: Endpoint) -> None:
 
 @needs_server
 def test_concurrency_sweep_keeps_exactly_c_requests_in_flight(endpoint: Endpoint, tokenize) -> None:  # type: ignore[no-untyped-def]
-    prompts = loadgen.rotated_prompts(PROSE, 24, words=24)
-    workload = loadgen.Workload(prompts, max_tokens=6)
+    prompts = rotated_prompts(PROSE, 24, words=24)
+    workload = Workload(prompts, max_tokens=6)
     order: list[float] = []
     sweep = loadgen.concurrency_sweep(
         endpoint,
@@ -309,7 +300,7 @@ def test_concurrency_sweep_keeps_exactly_c_requests_in_flight(endpoint: Endpoint
 
 @needs_server
 def test_poisson_run_stops_at_its_duration_and_counts_what_it_did_not_send(endpoint: Endpoint) -> None:
-    workload = loadgen.Workload(loadgen.rotated_prompts(PROSE, 50, words=16), max_tokens=4)
+    workload = Workload(rotated_prompts(PROSE, 50, words=16), max_tokens=4)
     started = time.perf_counter()
     run = loadgen.run_poisson(endpoint, workload, rate_rps=4.0, requests=50, seed=1, duration_s=1.0)
     schedule = loadgen.poisson_schedule(4.0, 50, seed=1)
@@ -322,7 +313,7 @@ def test_poisson_run_stops_at_its_duration_and_counts_what_it_did_not_send(endpo
 
 @needs_server
 def test_sequential_vs_concurrent_sends_distinct_prompts(endpoint: Endpoint) -> None:
-    workload = loadgen.Workload(loadgen.rotated_prompts(PROSE, 8, words=16), max_tokens=4)
+    workload = Workload(rotated_prompts(PROSE, 8, words=16), max_tokens=4)
     pair = loadgen.sequential_vs_concurrent(endpoint, workload, 3)
     assert [r.tag for r in pair.sequential.results] == ["0", "1", "2"]
     assert sorted(r.tag for r in pair.concurrent.results) == ["3", "4", "5"]
@@ -393,9 +384,9 @@ def test_the_pass_through_proxy_changes_nothing(endpoint: Endpoint) -> None:
 
 @needs_server
 def test_failed_requests_are_counted_apart_and_never_averaged_in(endpoint: Endpoint) -> None:
-    workload = loadgen.Workload(loadgen.rotated_prompts(PROSE, 8, words=16), max_tokens=5)
+    workload = Workload(rotated_prompts(PROSE, 8, words=16), max_tokens=5)
     with FaultProxy(endpoint.url, "error_midstream", every=2, after_events=1) as proxy:
-        run = loadgen.run_closed_loop(Endpoint(proxy.url), workload, 1, 6, slo=loadgen.Slo(ttft_ms=1e9))
+        run = loadgen.run_closed_loop(Endpoint(proxy.url), workload, 1, 6, slo=Slo(ttft_ms=1e9))
     assert (len(run.ok), len(run.failed)) == (3, 3)
     assert run.failures_by_reason() == {"server_error_in_stream": 3}
     assert run.output_tokens == 3 * 5
@@ -412,12 +403,11 @@ def test_failed_requests_are_counted_apart_and_never_averaged_in(endpoint: Endpo
 
 @needs_server
 def test_serve_bench_prints_the_sweep_and_writes_json(endpoint: Endpoint, tmp_path: Path) -> None:
-    from pytest_minerva.cli import make_parser
-    from pytest_minerva.serving.cli import add_commands
+    from pytest_minerva.commands import make_parser
 
     out = io.StringIO()
     target = tmp_path / "serve.json"
-    args = make_parser([add_commands]).parse_args(
+    args = make_parser().parse_args(
         [
             *(
                 "serve-bench",
@@ -448,12 +438,11 @@ def test_serve_bench_prints_the_sweep_and_writes_json(endpoint: Endpoint, tmp_pa
 
 
 def test_serve_bench_against_an_unreachable_endpoint_reports_it_and_exits_1(tmp_path: Path) -> None:
-    from pytest_minerva.cli import make_parser
-    from pytest_minerva.serving.cli import add_commands
+    from pytest_minerva.commands import make_parser
 
     out = io.StringIO()
     url = f"http://127.0.0.1:{refused_port()}"
-    args = make_parser([add_commands]).parse_args(
+    args = make_parser().parse_args(
         [
             "serve-bench",
             "--endpoint",
@@ -475,9 +464,9 @@ def test_serve_bench_against_an_unreachable_endpoint_reports_it_and_exits_1(tmp_
 
 
 def test_serve_bench_is_wired_into_the_minerva_command() -> None:
-    from pytest_minerva.cli import _extra_commands, make_parser
+    from pytest_minerva.commands import make_parser
 
-    parser = make_parser(_extra_commands())
+    parser = make_parser()
     args = parser.parse_args(["serve-bench", "--concurrency", "1,2,4,8", "--rate", "0.5", "--rate", "2"])
     assert (args.concurrency, args.rate, args.max_tokens) == ([1, 2, 4, 8], [0.5, 2.0], 32)
     with pytest.raises(SystemExit):
@@ -495,7 +484,9 @@ def test_kv_projection_for_smollm2_from_its_gguf_metadata() -> None:
         metadata = formats.verify(default_gguf()).metadata
     except MinervaError as exc:
         pytest.skip(str(exc))
-    f16 = kv_projection(metadata, "llama_cpp")
+    from pytest_minerva.serving.server import SERVER_KV_CACHE_DTYPE
+
+    f16 = kv_projection(metadata, "llama_cpp", {"kv_cache_dtype": SERVER_KV_CACHE_DTYPE})
     # 30 layers x 3 KV heads x (64 + 64) x 2 bytes
     assert f16.bytes_per_token == 23040
     assert f16.per_sequence == {512: 23040 * 512, 1024: 23040 * 1024, 2048: 23040 * 2048, 4096: 23040 * 4096}
@@ -508,9 +499,9 @@ def tiny_transformers() -> Iterator[object]:
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
     from pytest_minerva.backends import LoadOptions, builtin_registry
-    from pytest_minerva.catalog import Catalog
     from pytest_minerva.derive.cache import ArtifactCache, default_cache_dir
-    from pytest_minerva.resolve import Resolver
+    from pytest_minerva.models.catalog import Catalog
+    from pytest_minerva.models.resolve import Resolver
 
     model = Catalog.load().get("tiny-random-llama")
     artifact = Resolver(ArtifactCache(default_cache_dir())).resolve(model, model.artifact("safetensors"))

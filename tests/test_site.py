@@ -2,7 +2,7 @@
 
 Real asv results of two commits recorded on this machine (``.asv/results``; with ``-m asv`` the
 test records them itself) go through the publish workflow's own ``collect`` steps, run here
-by ``scripts/run_workflow_steps.py`` against a local bare "origin": two runs, one commit's
+by ``tools/run_workflow_steps.py`` against a local bare "origin": two runs, one commit's
 results each, as two pushes to main would. The second run starts from the ``asv-results``
 branch the first pushed, so the site it builds shows the history of both. Headless Chromium
 then opens that site over http on loopback and checks the benchmark list, one graph's points
@@ -36,7 +36,7 @@ from typing import Any
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-RUNNER = REPO / "scripts" / "run_workflow_steps.py"
+RUNNER = REPO / "tools" / "run_workflow_steps.py"
 PUBLISH = REPO / ".github" / "workflows" / "publish.yml"
 VENV_BIN = Path(sys.executable).parent
 CHROMIUM_FLAGS = (

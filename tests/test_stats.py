@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pytest_minerva.timing.stats import FIELDS, Stats, percentile
+from pytest_minerva.stats.summary import FIELDS, Stats, percentile
 
 finite = st.floats(min_value=-1e6, max_value=1e6, allow_nan=False, allow_infinity=False)
 samples = st.lists(finite, min_size=1, max_size=60)

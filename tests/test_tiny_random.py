@@ -21,9 +21,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pytest_minerva import tiny_random
-from pytest_minerva.catalog import ArtifactSpec, Catalog, ModelSpec
 from pytest_minerva.errors import ArtifactMissing, MinervaError
+from pytest_minerva.models import tiny_random
+from pytest_minerva.models.catalog import ArtifactSpec, Catalog, ModelSpec
 
 QUANTS = ("F32", "F16", "Q8_0", "Q4_1", "Q4_0")
 SAFETENSORS_FILES = {
@@ -194,10 +194,10 @@ def test_other_seed_changes_weights_but_not_tokenizer(
 def test_tokenizer_training_is_deterministic_across_processes(tmp_path: Path) -> None:
     script = (
         "import hashlib, sys\n"
-        "from pytest_minerva.tiny_random import train_tokenizer\n"
+        "from pytest_minerva.models.tiny_random import train_tokenizer\n"
         "sys.stdout.write(hashlib.sha256(train_tokenizer().to_str().encode()).hexdigest())\n"
     )
-    package_root = str(Path(tiny_random.__file__).resolve().parents[1])
+    package_root = str(Path(tiny_random.__file__).resolve().parents[3])
     digests = set()
     for hash_seed in ("1", "2"):
         env = {**os.environ, "PYTHONHASHSEED": hash_seed, "PYTHONPATH": package_root}
@@ -365,7 +365,7 @@ def test_unpermuted_qk_build_is_caught_by_the_logits_comparison(
     prompt_ids: list[int],
     transformers_logits: np.ndarray,
 ) -> None:
-    broken_manifest = tiny_random.build(model_spec, tmp_path / "broken", _permute_qk=False)
+    broken_manifest = tiny_random.LLAMA.build(model_spec, tmp_path / "broken", permute_qk=False)
     assert broken_manifest["qk_permuted"] is False
     broken = llama_cpp_logits(tmp_path / "broken" / "gguf" / "tiny-random-llama-F32.gguf", prompt_ids)
     per_position = np.abs(broken - transformers_logits).max(axis=-1)
@@ -430,13 +430,16 @@ def test_gemma3_catalog_entry_lists_what_the_generator_writes(gemma3_spec: Model
 
 
 def test_gemma3_generator_targets_load_as_generators() -> None:
-    from pytest_minerva.resolve import load_target
+    from pytest_minerva.models.targets import load_target
 
     gemma3 = load_target(tiny_random.GENERATOR_TARGETS["tiny-random-gemma3"])
     llama = load_target(tiny_random.GENERATOR_TARGETS["tiny-random-llama"])
     assert gemma3 is tiny_random.GEMMA3
     assert llama is tiny_random
-    assert llama.VERSION == "1"
+    assert llama.VERSION == tiny_random.LLAMA.VERSION == "1"
+    assert tiny_random.generator_for("tiny-random-llama") is tiny_random.LLAMA
+    assert tiny_random.generator_for(None) is tiny_random.LLAMA
+    assert tiny_random.generator_for("tiny-random-gemma3") is gemma3
     assert gemma3.VERSION.startswith(tiny_random.GEMMA3_VERSION)
     root = Path("/models/x")
     assert tiny_random.artifact_path(root, ArtifactSpec("gguf", "q5_0", generator="tiny-random-gemma3")) == (
@@ -471,8 +474,8 @@ def test_gemma3_build_writes_every_catalog_artifact(
 def test_gemma3_resolver_rebuilds_byte_identical_files(
     gemma3_built: tuple[Path, dict[str, Any]], gemma3_spec: ModelSpec, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from pytest_minerva import resolve
     from pytest_minerva.derive.cache import ArtifactCache
+    from pytest_minerva.models import resolve
 
     monkeypatch.setitem(resolve.GENERATORS, "tiny-random-gemma3", tiny_random.GENERATOR_TARGETS["tiny-random-gemma3"])
     resolver = resolve.Resolver(ArtifactCache(tmp_path / "cache"))
@@ -510,13 +513,13 @@ def test_gemma3_artifacts_verify(gemma3_built: tuple[Path, dict[str, Any]], quan
 def test_gemma3_gguf_states_what_the_config_says(
     gemma3_built: tuple[Path, dict[str, Any]], gemma3_hf_dir: Path
 ) -> None:
-    from pytest_minerva.derive.gguf_to_safetensors import (
+    from pytest_minerva.derive.facts import (
         compare_facts,
         gguf_declared_config,
         legacy_key_facts,
-        read_gguf_header,
         transformers_config_facts,
     )
+    from pytest_minerva.derive.gguf_header import read_gguf_header
 
     transformers = pytest.importorskip("transformers")
     config = transformers.AutoConfig.from_pretrained(gemma3_hf_dir)
@@ -650,7 +653,7 @@ def test_gemma3_mlx_derived_from_safetensors_matches_transformers(
     from mlx_lm.utils import load_model
 
     from pytest_minerva.derive import safetensors_to_mlx
-    from pytest_minerva.resolve import ResolvedArtifact
+    from pytest_minerva.models.resolve import ResolvedArtifact
 
     source = ResolvedArtifact("tiny-random-gemma3", "safetensors", "f32", gemma3_hf_dir, "generated", "gemma3")
     manifest = safetensors_to_mlx.derive(source, tmp_path)

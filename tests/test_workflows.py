@@ -1,12 +1,12 @@
 """The GitHub workflows: linted, least-privileged, pinned, and their steps run here for real.
 
-GitHub can't run here, so ``scripts/run_workflow_steps.py`` runs a job's ``run:`` steps in order
+GitHub can't run here, so ``tools/run_workflow_steps.py`` runs a job's ``run:`` steps in order
 with a temporary ``GITHUB_STEP_SUMMARY``. Steps exercised for real:
 
 - tests.yml ``test``: the derived-artifact cache key step (reads the catalog's sha256);
 - publish.yml ``machines``: the machine list, with and without the GPU box;
 - bench-gate.yml ``gate``: put the venv on PATH, ``asv machine``, ``asv continuous`` through
-  ``scripts/bench_gate.py asv``, ``minerva compare`` on the embedded model through ``bench_gate.py
+  ``minerva gate asv``, ``minerva compare`` on the embedded model through ``minerva gate
   compare``, and the verdict, against a small git project whose head really does three times
   the work, a no-op head, a head whose benchmark raises, and an asv configuration no
   interpreter here matches.
@@ -32,6 +32,10 @@ from typing import Any
 
 import pytest
 
+from pytest_minerva.commands import main as minerva_main
+from pytest_minerva.compare import gate as bench_gate
+from pytest_minerva.compare.gate_verdict import ACK_LABEL
+
 REPO = Path(__file__).resolve().parents[1]
 WORKFLOWS = REPO / ".github" / "workflows"
 WORKFLOW_FILES = ("tests.yml", "bench-gate.yml", "publish.yml")
@@ -45,7 +49,7 @@ WRITE_PERMISSIONS = {
 
 
 def load_script(name: str) -> ModuleType:
-    path = REPO / "scripts" / f"{name}.py"
+    path = REPO / "tools" / f"{name}.py"
     spec = importlib.util.spec_from_file_location(f"minerva_script_{name}", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -55,7 +59,6 @@ def load_script(name: str) -> ModuleType:
 
 
 steps_runner = load_script("run_workflow_steps")
-bench_gate = load_script("bench_gate")
 
 
 def workflow(name: str) -> dict[str, Any]:
@@ -78,7 +81,7 @@ def run_job(
     tmp.mkdir(parents=True, exist_ok=True)
     report, summary = tmp / "report.json", tmp / "summary.md"
     summary.unlink(missing_ok=True)
-    command = [sys.executable, str(REPO / "scripts" / "run_workflow_steps.py"), str(WORKFLOWS / name), "--job", job]
+    command = [sys.executable, str(REPO / "tools" / "run_workflow_steps.py"), str(WORKFLOWS / name), "--job", job]
     command += ["--report", str(report), "--summary", str(summary), "--temp", str(tmp / "runner-temp"), *args]
     if event is not None:
         (tmp / "event.json").write_text(json.dumps(event), encoding="utf-8")
@@ -200,8 +203,8 @@ def test_the_bench_gate_runs_on_pull_requests_only_and_watches_the_label() -> No
     assert list(triggers) == ["pull_request"]
     assert {"labeled", "unlabeled", "synchronize"} <= set(triggers["pull_request"]["types"])
     gate = data["jobs"]["gate"]
-    assert gate["env"]["MINERVA_ACK_LABEL"] == bench_gate.ACK_LABEL
-    assert bench_gate.ACK_LABEL in gate["if"]
+    assert gate["env"]["MINERVA_ACK_LABEL"] == ACK_LABEL
+    assert ACK_LABEL in gate["if"]
 
 
 def test_the_matrix_runs_linux_cpu_and_macos_arm64() -> None:
@@ -280,7 +283,7 @@ def test_derived_artifacts_are_cached_by_the_models_sha256() -> None:
 
 
 def test_the_tests_job_keys_its_cache_on_the_catalogs_sha256(tmp_path: Path) -> None:
-    from pytest_minerva.catalog import Catalog
+    from pytest_minerva.models.catalog import Catalog
 
     status, report, _ = run_job("tests.yml", "test", tmp_path, "--matrix", "slug=linux-cpu", "--step", "model")
     ran = step(report, "model")
@@ -528,7 +531,7 @@ def test_gate_reports_a_missing_environment_as_an_error(gate: GateRun, tmp_path:
 
 def test_gate_treats_a_step_that_wrote_nothing_as_an_error(tmp_path: Path) -> None:
     out = tmp_path / "summary.md"
-    status = bench_gate.main(["verdict", "--dir", str(tmp_path), "--tools", "asv", "--summary", str(out)])
+    status = minerva_main(["gate", "verdict", "--dir", str(tmp_path), "--tools", "asv", "--summary", str(out)])
     assert status == 2
     assert f"{tmp_path / 'asv.json'}: missing (the step that writes it failed)" in out.read_text()
 
@@ -542,7 +545,7 @@ def test_gate_reads_asv_output_it_has_not_seen_as_a_tool_error() -> None:
 def test_gate_names_a_commit_it_cannot_find(project: Path, tmp_path: Path) -> None:
     out = tmp_path / "asv.json"
     argv = ["asv", "--config", str(project / "asv.conf.json"), "--base", "no-such-branch", "--head", "main"]
-    assert bench_gate.main([*argv, "--out", str(out)]) == 0
+    assert minerva_main(["gate", *argv, "--out", str(out)]) == 0
     written = json.loads(out.read_text())
     assert (written["status"], written["kind"]) == ("error", "unknown-commit")
     assert "git rev-parse --verify no-such-branch^{commit}" in written["reason"]

@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from pytest_minerva.backends.base import Backend, GenerationRequest, LoadOptions, TokenEvent
-from pytest_minerva.catalog import check_name
 from pytest_minerva.errors import BackendUnavailable, MinervaError
+from pytest_minerva.models.catalog import check_name
 
 if TYPE_CHECKING:
-    from pytest_minerva.resolve import ResolvedArtifact
+    from pytest_minerva.models.resolve import ResolvedArtifact
 
 __all__ = [
     "Backend",
@@ -44,7 +44,7 @@ class BackendSpec:
     starts a server per artifact, is not part of the default matrix). ``native`` says the
     engine runs native code in the process that loads it, where a segfault or abort would
     end that process: such backends run in a worker process by default
-    (:mod:`pytest_minerva.isolation`). Only a backend that is pure Python in this process
+    (:mod:`pytest_minerva.guards`). Only a backend that is pure Python in this process
     (an HTTP client, say) should set it to False. ``crash_hint`` is what ``minerva doctor``
     tells a user whose engine crashed.
     """
@@ -61,6 +61,17 @@ class BackendSpec:
     opt_in: bool = False
     native: bool = True
     crash_hint: str = ""
+    #: Format -> the number format the engine computes in when it loads that format, where that
+    #: is not the file's own (transformers dequantizes a GGUF to "f32"). Tolerance profiles are
+    #: picked by it; a format left out is computed as it is stored (a GGUF engine that runs the
+    #: quantized blocks, like llama.cpp).
+    computes_in: dict[str, str] = field(default_factory=dict)
+    #: Whether the engine holds every weight in ``LoadOptions.dtype`` whatever the file stores
+    #: (transformers), so a load needs parameters x dtype bytes rather than the file's size.
+    holds_weights_in_load_dtype: bool = False
+    #: Pair kind -> format: the comparisons (see ``pytest_minerva.matrix.pairs``) in which this
+    #: engine on that format's primary artifact is the reference the others are held to.
+    reference_for: dict[str, str] = field(default_factory=dict)
 
     def missing_requirements(self) -> list[str]:
         return [name for name in self.requires if importlib.util.find_spec(name) is None]
@@ -85,7 +96,7 @@ class BackendSpec:
         return found
 
     def factory(self) -> type[Backend]:
-        from pytest_minerva.resolve import load_target
+        from pytest_minerva.models.targets import load_target
 
         reason = self.unavailable_reason()
         if reason:
@@ -145,6 +156,7 @@ def builtin_registry() -> BackendRegistry:
             distributions=("llama-cpp-python",),
             install_hint="pip install 'pytest-minerva[gguf]'",
             description="llama.cpp through llama-cpp-python",
+            reference_for={"tokenizer": "gguf", "quantization": "gguf"},
             crash_hint="rebuild llama-cpp-python for this CPU (native off, its SIMD flags, AMX off) and "
             'smoke-check it: python -m pytest_minerva.backends.llama_cpp_build install --python "$(command -v python)"',
         )
@@ -158,6 +170,9 @@ def builtin_registry() -> BackendRegistry:
             requires=("torch", "transformers"),
             distributions=("transformers", "torch", "accelerate", "gguf"),
             install_hint="pip install 'pytest-minerva[transformers]'",
+            computes_in={"gguf": "f32"},
+            holds_weights_in_load_dtype=True,
+            reference_for={"cross-backend": "safetensors"},
             crash_hint="reinstall torch for this machine (CPU: pip install torch --index-url "
             "https://download.pytorch.org/whl/cpu)",
             description="Hugging Face transformers on torch (GGUF is dequantized on load)",

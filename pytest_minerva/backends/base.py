@@ -8,14 +8,12 @@ Adapters live beside this module; third parties register more through the
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     import numpy as np
-
-    from pytest_minerva.resolve import ResolvedArtifact
 
 
 @dataclass(frozen=True)
@@ -97,7 +95,96 @@ class Backend(Protocol):
     def close(self) -> None: ...
 
 
-class BackendFactory(Protocol):
-    """What a registry target resolves to: a class or callable building a loaded backend."""
+# Optional capabilities. A backend has one when it defines the methods of its Protocol;
+# code that uses one checks ``isinstance(backend, Capability)``, never the backend's name,
+# and an isolated backend (pytest_minerva.guards) forwards exactly these methods.
 
-    def __call__(self, artifact: ResolvedArtifact, options: LoadOptions) -> Backend: ...
+
+@dataclass(frozen=True)
+class BatchGeneration:
+    """Greedy tokens for a batch of prompts, with one timestamp per decoding step.
+
+    ``step_times_s[i]`` is the ``time.perf_counter()`` at which token ``i`` of every
+    sequence was on the host; ``start_s`` is taken just before the prefill.
+    """
+
+    tokens: list[list[int]]
+    start_s: float
+    step_times_s: list[float]
+
+    @property
+    def batch_size(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def time_to_first_token_s(self) -> float:
+        return self.step_times_s[0] - self.start_s
+
+    @property
+    def decode_tokens_per_s(self) -> float:
+        """Generated tokens per second over all sequences, prefill excluded."""
+        steps = len(self.step_times_s) - 1
+        elapsed = self.step_times_s[-1] - self.step_times_s[0]
+        return self.batch_size * steps / elapsed if steps and elapsed > 0 else float("nan")
+
+
+@runtime_checkable
+class PerfCounters(Protocol):
+    """The engine's own timers (llama.cpp's ``llama_perf_context``), to cross-check the harness's clock."""
+
+    def perf_counters(self, *, reset: bool = False) -> dict[str, Any]: ...
+
+    def reset_perf_counters(self) -> None: ...
+
+
+@runtime_checkable
+class KvCacheBytes(Protocol):
+    """Bytes the engine's KV cache holds now (for the KV-growth figure)."""
+
+    def kv_cache_bytes(self) -> int: ...
+
+
+@runtime_checkable
+class BatchGenerator(Protocol):
+    """Greedy generation for several prompts in one batch."""
+
+    def generate_batch(self, prompts: Sequence[Sequence[int]], max_tokens: int) -> list[list[int]]: ...
+
+
+@runtime_checkable
+class TimedBatchGenerator(Protocol):
+    """Batched generation with one timestamp per decoding step (serve-bench's batch sweep)."""
+
+    def timed_generate_batch(self, prompts: Sequence[Sequence[int]], max_tokens: int) -> BatchGeneration: ...
+
+
+@runtime_checkable
+class DeviceMemoryCounters(Protocol):
+    """The accelerator's memory counters, or None where the engine's memory is this process's
+    RSS (torch on the CPU). Read in the process that runs the engine, so not forwarded."""
+
+    def device_memory(self) -> DeviceMemory | None: ...
+
+
+@dataclass(frozen=True)
+class DeviceMemory:
+    """Peak and current memory of an accelerator, read from the library the engine runs on
+    (``torch.cuda``, ``mlx``): ``method`` names the call that reads the peak."""
+
+    library: str
+    method: str
+    reset: Callable[[], None]
+    peak: Callable[[], int]
+    current: Callable[[], int]
+
+
+#: The optional capabilities, by Protocol; their methods are what an isolated backend forwards.
+CAPABILITIES: tuple[type, ...] = (PerfCounters, KvCacheBytes, BatchGenerator, TimedBatchGenerator)
+
+
+def capability_methods() -> tuple[str, ...]:
+    """The method names of :data:`CAPABILITIES`, in declaration order."""
+    names: list[str] = []
+    for protocol in CAPABILITIES:
+        names.extend(name for name, value in vars(protocol).items() if callable(value) and not name.startswith("_"))
+    return tuple(names)

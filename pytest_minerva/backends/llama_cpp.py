@@ -34,7 +34,7 @@ from pytest_minerva.backends.base import GenerationRequest, LoadOptions, TokenEv
 from pytest_minerva.errors import BackendUnavailable, FormatError, MinervaError
 
 if TYPE_CHECKING:
-    from pytest_minerva.resolve import ResolvedArtifact
+    from pytest_minerva.models.resolve import ResolvedArtifact
 
 _GPU_DEVICES = ("cuda", "metal")
 _PIECE_BUFFER = 64
@@ -336,6 +336,7 @@ class LlamaCppBackend:
             "n_batch": int(llama_cpp.llama_n_batch(self._ctx)),
             "n_ubatch": int(llama_cpp.llama_n_ubatch(self._ctx)),
             "flash_attn": self.flash_attn,
+            "kv_cache_dtype": "f16",  # llama.cpp's default K and V cache type; this adapter keeps it
             "dtype": desc.value.decode("utf-8", errors="replace").rsplit(" ", 1)[-1],
             "model_desc": desc.value.decode("utf-8", errors="replace"),
             "n_params": int(llama_cpp.llama_model_n_params(self._llm.model)),
@@ -344,6 +345,12 @@ class LlamaCppBackend:
             "system_info": llama_cpp.llama_print_system_info().decode("utf-8", errors="replace").strip(),
             "load_seconds": self.load_seconds,
         }
+
+    def kv_cache_bytes(self) -> int:
+        """Bytes of sequence 0's state (``llama_state_seq_get_size``): it grows with every cached
+        token, while the cache itself is allocated for the whole context at load."""
+        self._check_open()
+        return int(llama_cpp.llama_state_seq_get_size(self._ctx, 0))
 
     def close(self) -> None:
         """Free the sampler, the batch, the context and the weights; later calls do nothing."""

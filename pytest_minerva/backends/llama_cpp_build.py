@@ -1,11 +1,11 @@
 """Build and install llama-cpp-python so that it works on this machine, or say why not.
 
-Called by ``scripts/install.sh`` through ``scripts/llama_build.py`` with the virtual
+Called by ``tools/install.sh`` through ``tools/llama_build.py`` with the virtual
 environment's interpreter. This module uses only the standard library and imports
 nothing from pytest-minerva, because it runs before the package is installed (the
 launcher loads it by its path); ``minerva doctor`` uses it for its fixes.
 
-    python scripts/llama_build.py install --python .venv/bin/python
+    python tools/llama_build.py install --python .venv/bin/python
 
 What it builds (the plan):
 

@@ -21,12 +21,12 @@ import numpy as np
 from mlx_lm.generate import generate_step
 from mlx_lm.models.cache import make_prompt_cache
 
-from pytest_minerva.backends.base import GenerationRequest, LoadOptions, TokenEvent
+from pytest_minerva.backends.base import DeviceMemory, GenerationRequest, LoadOptions, TokenEvent
 from pytest_minerva.backends.hf_text import HfTokenizerMixin, TextDeltas
 from pytest_minerva.errors import BackendUnavailable, FormatError, MinervaError
 
 if TYPE_CHECKING:
-    from pytest_minerva.resolve import ResolvedArtifact
+    from pytest_minerva.models.resolve import ResolvedArtifact
 
 _DTYPES = ("float32", "float16", "bfloat16")
 
@@ -196,6 +196,16 @@ class MlxLmBackend(HfTokenizerMixin):
             "architecture": getattr(args, "model_type", None),
             "load_seconds": self.load_seconds,
         }
+
+    def device_memory(self) -> DeviceMemory | None:
+        """MLX's own counters: host memory on the CPU build, unified memory on Apple silicon."""
+        return DeviceMemory(
+            "mlx",
+            "mlx.core.get_peak_memory",
+            mx.reset_peak_memory,
+            lambda: int(mx.get_peak_memory()),
+            lambda: int(mx.get_active_memory()),
+        )
 
     def close(self) -> None:
         """Drop the model and tokenizer and release MLX's buffer cache; later calls do nothing."""

@@ -47,19 +47,13 @@ from typing import TYPE_CHECKING, Any
 
 from pytest_minerva.backends.base import GenerationRequest, LoadOptions, TokenEvent
 from pytest_minerva.errors import BackendUnavailable, LogitsUnavailable, MinervaError
-from pytest_minerva.serving.sse import (
-    Endpoint,
-    HttpStatusError,
-    StreamResult,
-    Timeouts,
-    request_json,
-    stream_request,
-)
+from pytest_minerva.serving.client import Endpoint, HttpStatusError, Timeouts, request_json
+from pytest_minerva.serving.sse import StreamResult, stream_request
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from pytest_minerva.resolve import ResolvedArtifact
+    from pytest_minerva.models.resolve import ResolvedArtifact
     from pytest_minerva.serving.server import LlamaCppServer
 
 #: Sampling fields sent with every request so that temperature 0 is plain greedy decoding.

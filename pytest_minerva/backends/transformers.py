@@ -15,7 +15,6 @@ import gc
 import inspect
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -23,12 +22,12 @@ import torch
 import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
-from pytest_minerva.backends.base import GenerationRequest, LoadOptions, TokenEvent
+from pytest_minerva.backends.base import BatchGeneration, DeviceMemory, GenerationRequest, LoadOptions, TokenEvent
 from pytest_minerva.backends.hf_text import HfTokenizerMixin, TextDeltas
 from pytest_minerva.errors import BackendUnavailable, MinervaError
 
 if TYPE_CHECKING:
-    from pytest_minerva.resolve import ResolvedArtifact
+    from pytest_minerva.models.resolve import ResolvedArtifact
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -52,34 +51,6 @@ def torch_device(device: str) -> torch.device:
             )
         return torch.device("mps")
     raise BackendUnavailable(f"transformers: unknown device {device!r}; use cpu, cuda or metal")
-
-
-@dataclass(frozen=True)
-class BatchGeneration:
-    """Greedy tokens for a batch of prompts, with one timestamp per decoding step.
-
-    ``step_times_s[i]`` is the ``time.perf_counter()`` at which token ``i`` of every
-    sequence was on the host; ``start_s`` is taken just before the prefill.
-    """
-
-    tokens: list[list[int]]
-    start_s: float
-    step_times_s: list[float]
-
-    @property
-    def batch_size(self) -> int:
-        return len(self.tokens)
-
-    @property
-    def time_to_first_token_s(self) -> float:
-        return self.step_times_s[0] - self.start_s
-
-    @property
-    def decode_tokens_per_s(self) -> float:
-        """Generated tokens per second over all sequences, prefill excluded."""
-        steps = len(self.step_times_s) - 1
-        elapsed = self.step_times_s[-1] - self.step_times_s[0]
-        return self.batch_size * steps / elapsed if steps and elapsed > 0 else float("nan")
 
 
 class TransformersBackend(HfTokenizerMixin):
@@ -313,6 +284,18 @@ class TransformersBackend(HfTokenizerMixin):
             "n_params": int(sum(p.numel() for p in self._model.parameters())),
             "load_seconds": self.load_seconds,
         }
+
+    def device_memory(self) -> DeviceMemory | None:
+        """CUDA's allocator counters when the model is on CUDA; None on the CPU (the process RSS)."""
+        if self.device != "cuda":
+            return None
+        return DeviceMemory(
+            "torch.cuda",
+            "torch.cuda.max_memory_allocated",
+            torch.cuda.reset_peak_memory_stats,
+            lambda: int(torch.cuda.max_memory_allocated()),
+            lambda: int(torch.cuda.memory_allocated()),
+        )
 
     def close(self) -> None:
         """Drop the model and tokenizer and return their memory; later calls do nothing."""

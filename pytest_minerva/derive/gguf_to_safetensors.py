@@ -25,26 +25,32 @@ file and its quantization), and ``add_bos_token`` also in ``tokenizer_config.jso
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
-import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
+from pytest_minerva.derive.common import first_line, read_json, tool_versions
+from pytest_minerva.derive.facts import (
+    compare_facts,
+    gguf_declared_config,
+    legacy_config_keys,
+    legacy_key_facts,
+    transformers_config_facts,
+)
+from pytest_minerva.derive.gguf_header import GGUFHeader, read_gguf_header
 from pytest_minerva.derive.gguf_tokenizer import TokenizerRule, apply_rule, tokenizer_rule
-from pytest_minerva.errors import FormatError, MinervaError
-from pytest_minerva.tokenizer_corpus import (
+from pytest_minerva.equivalence.tokenizer_corpus import (
     CORPUS_FILE,
     TokenizerMismatch,
     compare_on_corpus,
     corpus_sha256,
     load_corpus,
 )
+from pytest_minerva.errors import FormatError, MinervaError
 
 if TYPE_CHECKING:
-    from pytest_minerva.resolve import ResolvedArtifact
+    from pytest_minerva.models.resolve import ResolvedArtifact
 
 #: Part of the cache key of every derived directory: bump it whenever what is written can change.
 #: 3: the tokenizer splits text as llama.cpp does (SmolLM2's digits), checked on the corpus.
@@ -53,320 +59,6 @@ WEIGHTS_FILE = "model.safetensors"
 #: The ``config.json`` key holding what the GGUF declared that no config field holds.
 GGUF_RECORD_KEY = "minerva_gguf"
 TOOLS = ("transformers", "torch", "safetensors", "gguf", "tokenizers", "accelerate", "llama_cpp_python")
-
-# llama.cpp hard-codes these for gemma3 when the GGUF names no value (llama-model.cpp).
-_GEMMA3_SWA_ROPE_BASE = 10000.0
-_GEMMA3_SWA_PATTERN = 6
-# Arrays longer than this (token lists, merges) are kept as lengths only.
-_SHORT_ARRAY = 64
-#: Strings whose token ids must survive every conversion unchanged (also in the tokenizer corpus).
-TOKENIZER_PROBES = (
-    "The capital of France is",
-    " leading space and  two spaces",
-    "Numbers 1234567, punctuation!? and a tab\there.",
-    "Unicode: naïve café, Ελληνικά, 日本語, emoji 🙂",
-    "line one\nline two\n\n",
-)
-
-
-class Declared(NamedTuple):
-    """A value one side of a comparison states, and where it states it."""
-
-    value: Any
-    where: str
-
-
-@dataclass(frozen=True)
-class GGUFHeader:
-    """The metadata and tensor shapes of a GGUF file (no tensor data)."""
-
-    path: Path
-    fields: dict[str, Any]
-    array_lengths: dict[str, int]
-    tensor_shapes: dict[str, tuple[int, ...]]
-
-    @property
-    def architecture(self) -> str:
-        return str(self.fields.get("general.architecture", ""))
-
-    def key(self, suffix: str) -> str:
-        """The full key of an architecture-scoped field: ``llama.`` + ``suffix``."""
-        return f"{self.architecture}.{suffix}"
-
-
-def tool_versions(names: tuple[str, ...] = TOOLS) -> dict[str, str]:
-    """Installed versions of the distributions that did a conversion."""
-    found: dict[str, str] = {}
-    for name in names:
-        try:
-            found[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return found
-
-
-def read_gguf_header(path: str | Path) -> GGUFHeader:
-    """Read a GGUF's metadata and tensor shapes; :class:`FormatError` if it is not a valid GGUF."""
-    from pytest_minerva.formats import FileSource, OmittedValue
-    from pytest_minerva.formats.gguf import read_layout
-
-    path = Path(path)
-    with FileSource(path) as source:
-        layout = read_layout(source, path)
-    fields: dict[str, Any] = {}
-    lengths: dict[str, int] = {}
-    for name, value in layout.metadata.items():
-        if isinstance(value, OmittedValue):
-            if value.kind == "array":
-                lengths[name] = value.count
-        elif isinstance(value, list) and len(value) > _SHORT_ARRAY:
-            lengths[name] = len(value)
-        else:
-            fields[name] = value
-    shapes = {t.name: tuple(t.shape) for t in layout.tensors}
-    return GGUFHeader(path, fields, lengths, shapes)
-
-
-def gguf_declared_config(header: GGUFHeader) -> dict[str, Declared]:
-    """The config values a GGUF declares, under Hugging Face config names.
-
-    Where the GGUF leaves a value implicit, the value llama.cpp uses is given and
-    ``where`` says so (head size from hidden size / heads, gemma3's local rope base
-    and layer pattern, tied output from a missing ``output.weight``).
-    """
-    fields, arch = header.fields, header.architecture
-    declared: dict[str, Declared] = {"model_type": Declared(arch, "general.architecture")}
-    direct = (
-        ("hidden_size", "embedding_length"),
-        ("num_hidden_layers", "block_count"),
-        ("num_attention_heads", "attention.head_count"),
-        ("num_key_value_heads", "attention.head_count_kv"),
-        ("intermediate_size", "feed_forward_length"),
-        ("rms_norm_eps", "attention.layer_norm_rms_epsilon"),
-        ("max_position_embeddings", "context_length"),
-        ("sliding_window", "attention.sliding_window"),
-    )
-    for fact, suffix in direct:
-        if header.key(suffix) in fields:
-            declared[fact] = Declared(fields[header.key(suffix)], header.key(suffix))
-    hidden, heads = fields.get(header.key("embedding_length")), fields.get(header.key("attention.head_count"))
-    if "num_key_value_heads" not in declared and heads is not None:
-        declared["num_key_value_heads"] = Declared(heads, f"{arch}.attention.head_count (head_count_kv absent)")
-    if header.key("attention.key_length") in fields:
-        declared["head_dim"] = Declared(fields[header.key("attention.key_length")], header.key("attention.key_length"))
-    elif isinstance(hidden, int) and isinstance(heads, int) and heads:
-        declared["head_dim"] = Declared(hidden // heads, f"{arch}.embedding_length / {arch}.attention.head_count")
-    if header.key("rope.dimension_count") in fields:
-        declared["rotary_dim"] = Declared(
-            fields[header.key("rope.dimension_count")], header.key("rope.dimension_count")
-        )
-    elif "head_dim" in declared:
-        declared["rotary_dim"] = Declared(declared["head_dim"].value, declared["head_dim"].where)
-    if header.key("rope.freq_base") in fields:
-        declared["rope_theta"] = Declared(fields[header.key("rope.freq_base")], header.key("rope.freq_base"))
-    else:
-        declared["rope_theta"] = Declared(10000.0, f"llama.cpp's default ({header.key('rope.freq_base')} is absent)")
-    scaling = fields.get(header.key("rope.scaling.type"))
-    if "rope_freqs.weight" in header.tensor_shapes:
-        declared["rope_type"] = Declared("llama3", "tensor rope_freqs.weight")
-    elif scaling in (None, "none"):
-        declared["rope_type"] = Declared("default", f"{header.key('rope.scaling.type')} ({scaling or 'absent'})")
-    else:
-        declared["rope_type"] = Declared(scaling, header.key("rope.scaling.type"))
-        if header.key("rope.scaling.factor") in fields:
-            declared["rope_factor"] = Declared(
-                fields[header.key("rope.scaling.factor")], header.key("rope.scaling.factor")
-            )
-    if header.key("vocab_size") in fields:
-        declared["vocab_size"] = Declared(fields[header.key("vocab_size")], header.key("vocab_size"))
-    elif "token_embd.weight" in header.tensor_shapes:
-        declared["vocab_size"] = Declared(header.tensor_shapes["token_embd.weight"][-1], "rows of token_embd.weight")
-    tied = "output.weight" not in header.tensor_shapes
-    declared["tie_word_embeddings"] = Declared(tied, f"tensor output.weight {'absent' if tied else 'present'}")
-    for fact in ("bos_token_id", "eos_token_id"):
-        gguf_key = f"tokenizer.ggml.{fact}"
-        if gguf_key in fields:
-            declared[fact] = Declared(fields[gguf_key], gguf_key)
-    if arch == "gemma3":
-        swa_base = header.key("rope.freq_base_swa")
-        declared["sliding_rope_theta"] = Declared(
-            fields.get(swa_base, _GEMMA3_SWA_ROPE_BASE),
-            swa_base if swa_base in fields else f"llama.cpp's fixed gemma3 value ({swa_base} is absent)",
-        )
-        layers = fields.get(header.key("block_count"))
-        pattern = fields.get(header.key("attention.sliding_window_pattern"))
-        if isinstance(pattern, list):
-            types = ["sliding_attention" if p else "full_attention" for p in pattern]
-            declared["layer_types"] = Declared(types, header.key("attention.sliding_window_pattern"))
-        elif isinstance(layers, int):
-            types = [
-                "full_attention" if (i + 1) % _GEMMA3_SWA_PATTERN == 0 else "sliding_attention" for i in range(layers)
-            ]
-            declared["layer_types"] = Declared(types, "llama.cpp's fixed gemma3 pattern (every 6th layer global)")
-    return declared
-
-
-def _split_rope(rope: Any) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """``rope_parameters`` as (global, sliding-window) parts; per-layer-type dicts are split."""
-    if not isinstance(rope, dict):
-        return {}, None
-    if rope and all(isinstance(v, dict) for v in rope.values()):
-        return dict(rope.get("full_attention") or {}), rope.get("sliding_attention")
-    return dict(rope), None
-
-
-def sliding_window_pattern(layer_types: list[str] | None) -> int | None:
-    """``p`` when every ``p``-th layer is global and the rest sliding, else None."""
-    if not layer_types or "full_attention" not in layer_types:
-        return None
-    period = layer_types.index("full_attention") + 1
-    expected = ["full_attention" if (i + 1) % period == 0 else "sliding_attention" for i in range(len(layer_types))]
-    return period if list(layer_types) == expected else None
-
-
-def transformers_config_facts(config: Any, where: str = "config.json") -> dict[str, Declared]:
-    """What a transformers ``PretrainedConfig`` says, under the names of :func:`gguf_declared_config`."""
-    facts: dict[str, Declared] = {}
-
-    def put(fact: str, value: Any, key: str) -> None:
-        if value is not None:
-            facts[fact] = Declared(value, f"{where} {key}")
-
-    for name in (
-        "model_type",
-        "hidden_size",
-        "num_hidden_layers",
-        "num_attention_heads",
-        "intermediate_size",
-        "rms_norm_eps",
-        "max_position_embeddings",
-        "vocab_size",
-        "tie_word_embeddings",
-        "bos_token_id",
-        "eos_token_id",
-        "sliding_window",
-        "layer_types",
-    ):
-        put(name, getattr(config, name, None), name)
-    heads = getattr(config, "num_attention_heads", None)
-    put("num_key_value_heads", getattr(config, "num_key_value_heads", None) or heads, "num_key_value_heads")
-    head_dim = getattr(config, "head_dim", None)
-    if head_dim is None and getattr(config, "hidden_size", None) and heads:
-        head_dim = config.hidden_size // heads
-    put("head_dim", head_dim, "head_dim")
-    full, sliding = _split_rope(getattr(config, "rope_parameters", None))
-    partial = full.get("partial_rotary_factor", getattr(config, "partial_rotary_factor", None))
-    if head_dim is not None:
-        put("rotary_dim", int(head_dim * partial) if partial else head_dim, "head_dim * partial_rotary_factor")
-    put(
-        "rope_theta",
-        full.get("rope_theta", getattr(config, "rope_theta", None)),
-        "rope_parameters.rope_theta",
-    )
-    put("rope_type", full.get("rope_type", "default"), "rope_parameters.rope_type")
-    if full.get("rope_type", "default") != "default":
-        put("rope_factor", full.get("factor"), "rope_parameters.factor")
-    if sliding is not None:
-        put("sliding_rope_theta", sliding.get("rope_theta"), "rope_parameters.sliding_attention.rope_theta")
-    return facts
-
-
-def legacy_config_keys(config: Any) -> dict[str, Any]:
-    """Flat keys that transformers 4 wrote and mlx-lm still reads, from a transformers 5 config.
-
-    transformers 5 keeps rope settings only in ``rope_parameters``; mlx-lm 0.32 reads
-    ``rope_theta`` (default 10000) and ``rope_local_base_freq``, so without these keys
-    it would silently use its defaults.
-    """
-    full, sliding = _split_rope(getattr(config, "rope_parameters", None))
-    keys: dict[str, Any] = {}
-    if "rope_theta" in full:
-        keys["rope_theta"] = full["rope_theta"]
-    if full.get("rope_type", "default") != "default":
-        keys["rope_scaling"] = {k: v for k, v in full.items() if k != "rope_theta"}
-    if sliding is not None and "rope_theta" in sliding:
-        keys["rope_local_base_freq"] = sliding["rope_theta"]
-    pattern = sliding_window_pattern(getattr(config, "layer_types", None))
-    if pattern is not None and getattr(config, "sliding_window", None) is not None:
-        keys["sliding_window_pattern"] = pattern
-    return keys
-
-
-def legacy_key_facts(raw: dict[str, Any], where: str = "config.json") -> dict[str, Declared]:
-    """The facts stated by the flat keys of :func:`legacy_config_keys` present in a raw config."""
-    facts: dict[str, Declared] = {}
-    if "rope_theta" in raw:
-        facts["rope_theta"] = Declared(raw["rope_theta"], f"{where} rope_theta")
-    if "rope_local_base_freq" in raw:
-        facts["sliding_rope_theta"] = Declared(raw["rope_local_base_freq"], f"{where} rope_local_base_freq")
-    if isinstance(raw.get("rope_scaling"), dict):
-        scaling = raw["rope_scaling"]
-        facts["rope_type"] = Declared(scaling.get("rope_type", scaling.get("type")), f"{where} rope_scaling.rope_type")
-        if "factor" in scaling:
-            facts["rope_factor"] = Declared(scaling["factor"], f"{where} rope_scaling.factor")
-    if isinstance(raw.get("sliding_window_pattern"), int) and isinstance(raw.get("num_hidden_layers"), int):
-        period = raw["sliding_window_pattern"]
-        types = [
-            "full_attention" if (i + 1) % period == 0 else "sliding_attention" for i in range(raw["num_hidden_layers"])
-        ]
-        facts["layer_types"] = Declared(types, f"{where} sliding_window_pattern={period}")
-    return facts
-
-
-def _same(fact: str, want: Any, have: Any) -> bool:
-    if fact == "model_type":
-        return bool(have == want or have == f"{want}_text")
-    if fact == "eos_token_id" and isinstance(have, (list, tuple)) and not isinstance(want, (list, tuple)):
-        return want in have
-    if isinstance(want, bool) or isinstance(have, bool):
-        return isinstance(want, bool) and isinstance(have, bool) and want == have
-    if isinstance(want, (int, float)) and isinstance(have, (int, float)):
-        if isinstance(want, float) or isinstance(have, float):
-            # GGUF stores float32; a config may hold the rounded decimal (1e-5 vs 9.99999975e-06).
-            return math.isclose(want, have, rel_tol=1e-6)
-        return want == have
-    if isinstance(want, (list, tuple)) and isinstance(have, (list, tuple)):
-        return list(want) == list(have)
-    return bool(want == have)
-
-
-def _show(value: Any) -> str:
-    if isinstance(value, (list, tuple)) and len(value) > 8:
-        return f"[{len(value)} items: {', '.join(map(repr, value[:3]))}, …]"
-    return repr(value)
-
-
-def compare_facts(
-    expected: dict[str, Declared], actual: dict[str, Declared], *, subject: str, only_present: bool = False
-) -> list[str]:
-    """One problem line per fact where ``actual`` disagrees with ``expected`` (or lacks it)."""
-    problems: list[str] = []
-    for fact, want in expected.items():
-        have = actual.get(fact)
-        if have is None:
-            if not only_present:
-                problems.append(f"{fact}: {subject} has no value, expected {_show(want.value)} ({want.where})")
-            continue
-        if not _same(fact, want.value, have.value):
-            detail = ""
-            if isinstance(want.value, list) and isinstance(have.value, list) and len(want.value) == len(have.value):
-                first = next(i for i, (a, b) in enumerate(zip(want.value, have.value, strict=True)) if a != b)
-                detail = f" (first difference at index {first}: {have.value[first]!r} vs {want.value[first]!r})"
-            expected_text = f"expected {_show(want.value)} ({want.where}){detail}"
-            problems.append(f"{fact}: {have.where} has {_show(have.value)}, {expected_text}")
-    return problems
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise FormatError(path, f"cannot read it: {exc.strerror}") from None
-    except ValueError as exc:
-        raise FormatError(path, f"not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise FormatError(path, "expected a JSON object")
-    return data
 
 
 def check_config_against_gguf(hf_dir: str | Path, gguf_path: str | Path) -> list[str]:
@@ -381,11 +73,11 @@ def check_config_against_gguf(hf_dir: str | Path, gguf_path: str | Path) -> list
     hf_dir = Path(hf_dir)
     header = read_gguf_header(gguf_path)
     expected = gguf_declared_config(header)
-    raw = _read_json(hf_dir / "config.json")
+    raw = read_json(hf_dir / "config.json")
     try:
         config = AutoConfig.from_pretrained(hf_dir)
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        return [f"config.json: transformers cannot read it: {_first_line(exc)}"]
+        return [f"config.json: transformers cannot read it: {first_line(exc)}"]
     problems = compare_facts(expected, transformers_config_facts(config), subject="config.json")
     problems += compare_facts(expected, legacy_key_facts(raw), subject="config.json", only_present=True)
     if "quantization_config" in raw:
@@ -400,18 +92,13 @@ def check_config_against_gguf(hf_dir: str | Path, gguf_path: str | Path) -> list
             )
         tokenizer_config = hf_dir / "tokenizer_config.json"
         if tokenizer_config.is_file():
-            recorded = _read_json(tokenizer_config).get("add_bos_token")
+            recorded = read_json(tokenizer_config).get("add_bos_token")
             if recorded != add_bos:
                 problems.append(
                     f"add_bos_token: tokenizer_config.json add_bos_token has {recorded!r}, "
                     f"expected {add_bos!r} (tokenizer.ggml.add_bos_token)"
                 )
     return problems
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _load_with_transformers(gguf_path: Path) -> tuple[Any, Any]:
@@ -427,7 +114,7 @@ def _load_with_transformers(gguf_path: Path) -> tuple[Any, Any]:
         model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
     # transformers raises ValueError/KeyError/NotImplementedError/RuntimeError for GGUFs it cannot map.
     except (ValueError, KeyError, NotImplementedError, RuntimeError, OSError, TypeError) as exc:
-        raise FormatError(gguf_path, f"transformers {version} cannot load it: {_first_line(exc)}") from None
+        raise FormatError(gguf_path, f"transformers {version} cannot load it: {first_line(exc)}") from None
     finally:
         if bars:
             hf_logging.enable_progress_bar()
@@ -531,7 +218,7 @@ def save_tokenizer(tokenizer: Any, dest: Path, header: GGUFHeader, rule: Tokeniz
     add_bos = header.fields.get("tokenizer.ggml.add_bos_token")
     add_eos = header.fields.get("tokenizer.ggml.add_eos_token")
     path = dest / "tokenizer_config.json"
-    data = _read_json(path)
+    data = read_json(path)
     data["tokenizer_class"] = TOKENIZER_CLASS
     if add_bos is not None:
         data["add_bos_token"] = add_bos
@@ -639,7 +326,7 @@ def _write_config(model: Any, dest: Path, header: GGUFHeader) -> dict[str, Any]:
     config.architectures = [type(model).__name__]
     config.save_pretrained(dest)
     path = dest / "config.json"
-    raw = _read_json(path)
+    raw = read_json(path)
     raw.pop("quantization_config", None)
     raw.update(legacy_config_keys(config))
     file_type = header.fields.get("general.file_type")
@@ -733,7 +420,7 @@ def derive(source: ResolvedArtifact, dest: Path) -> dict[str, Any]:
         "tied_not_stored": weights["tied"],
         "weights_bytes": (dest / WEIGHTS_FILE).stat().st_size,
         "add_bos_token": header.fields.get("tokenizer.ggml.add_bos_token"),
-        "tools": tool_versions(),
+        "tools": tool_versions(TOOLS),
         "seconds": {k: round(v, 3) for k, v in seconds.items()},
         "checks": checks,
         "tokenizer": tokenizer_entry,

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from pytest_minerva.errors import FormatError
 
 if TYPE_CHECKING:
-    from pytest_minerva.derive.gguf_to_safetensors import GGUFHeader
+    from pytest_minerva.derive.gguf_header import GGUFHeader
 
 SPM_SPACE = "\u2581"
 

@@ -25,19 +25,13 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-from pytest_minerva.derive.gguf_to_safetensors import (
-    TOKENIZER_PROBES,
-    Declared,
-    compare_facts,
-    legacy_config_keys,
-    tool_versions,
-    transformers_config_facts,
-)
+from pytest_minerva.derive.common import TOKENIZER_PROBES, first_line, read_json, tool_versions
+from pytest_minerva.derive.facts import Declared, compare_facts, legacy_config_keys, transformers_config_facts
+from pytest_minerva.equivalence.tokenizer_corpus import CORPUS_FILE, compare_on_corpus, corpus_sha256, load_corpus
 from pytest_minerva.errors import FormatError, MinervaError
-from pytest_minerva.tokenizer_corpus import CORPUS_FILE, compare_on_corpus, corpus_sha256, load_corpus
 
 if TYPE_CHECKING:
-    from pytest_minerva.resolve import ResolvedArtifact
+    from pytest_minerva.models.resolve import ResolvedArtifact
 
 #: Part of the cache key: 3 checks the tokenizer on the corpus and records it in the manifest.
 VERSION = "3"
@@ -48,25 +42,8 @@ _CONVERT_SUBDIR = "mlx-convert"
 _TOKENIZER_FLAGS = ("add_bos_token", "add_eos_token")
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise FormatError(path, f"cannot read it: {exc.strerror}") from None
-    except ValueError as exc:
-        raise FormatError(path, f"not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise FormatError(path, "expected a JSON object")
-    return data
-
-
 def _write_json(path: Path, data: dict[str, Any]) -> None:
     path.write_text(json.dumps(data, indent=4, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _load_mlx_model(mlx_dir: Path) -> tuple[Any, dict[str, Any]]:
@@ -76,7 +53,7 @@ def _load_mlx_model(mlx_dir: Path) -> tuple[Any, dict[str, Any]]:
         return load_model(mlx_dir, lazy=True)
     # mlx-lm raises ValueError/KeyError/TypeError for configs it cannot build a model from.
     except (ValueError, KeyError, TypeError, FileNotFoundError) as exc:
-        raise FormatError(mlx_dir, f"mlx-lm cannot build a model from it: {_first_line(exc)}") from None
+        raise FormatError(mlx_dir, f"mlx-lm cannot build a model from it: {first_line(exc)}") from None
 
 
 def mlx_model_facts(model: Any, config: dict[str, Any], where: str = "MLX model") -> dict[str, Declared]:
@@ -148,7 +125,7 @@ def _mlx_against_source(mlx_dir: Path, hf_dir: Path) -> tuple[list[str], list[st
     try:
         source = AutoConfig.from_pretrained(hf_dir)
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        return [f"{hf_dir / 'config.json'}: transformers cannot read it: {_first_line(exc)}"], [], ""
+        return [f"{hf_dir / 'config.json'}: transformers cannot read it: {first_line(exc)}"], [], ""
     expected = transformers_config_facts(source, where="the SafeTensors config.json")
     model, config = _load_mlx_model(mlx_dir)
     problems = compare_facts(expected, mlx_model_facts(model, config), subject="the MLX model")
@@ -238,7 +215,7 @@ def _add_missing_keys(mlx_dir: Path, hf_dir: Path) -> list[str]:
 
     fixes: list[str] = []
     config_path = mlx_dir / "config.json"
-    config = _read_json(config_path)
+    config = read_json(config_path)
     for key, value in legacy_config_keys(AutoConfig.from_pretrained(hf_dir)).items():
         if key not in config:
             config[key] = value
@@ -248,8 +225,8 @@ def _add_missing_keys(mlx_dir: Path, hf_dir: Path) -> list[str]:
     source_tokenizer = hf_dir / "tokenizer_config.json"
     derived_tokenizer = mlx_dir / "tokenizer_config.json"
     if source_tokenizer.is_file() and derived_tokenizer.is_file():
-        wanted = {k: v for k, v in _read_json(source_tokenizer).items() if k in _TOKENIZER_FLAGS}
-        data = _read_json(derived_tokenizer)
+        wanted = {k: v for k, v in read_json(source_tokenizer).items() if k in _TOKENIZER_FLAGS}
+        data = read_json(derived_tokenizer)
         missing = {k: v for k, v in wanted.items() if data.get(k) != v}
         if missing:
             data.update(missing)
@@ -269,7 +246,7 @@ def _convert(hf_dir: Path, dest: Path) -> None:
             convert(hf_path=str(hf_dir), mlx_path=str(work), dtype=DTYPE)
     # mlx-lm raises ValueError/KeyError/TypeError for models it cannot convert.
     except (ValueError, KeyError, TypeError, FileNotFoundError) as exc:
-        raise FormatError(hf_dir, f"mlx-lm {version} cannot convert it: {_first_line(exc)}") from None
+        raise FormatError(hf_dir, f"mlx-lm {version} cannot convert it: {first_line(exc)}") from None
     for entry in work.iterdir():
         shutil.move(str(entry), str(dest / entry.name))
     work.rmdir()

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from pytest_minerva.equivalence.calibration import record_measurements
 from pytest_minerva.equivalence.diagnosis import Detokenize, format_diagnosis
 from pytest_minerva.equivalence.metrics import (
     DEFAULT_TOPK,
@@ -43,13 +44,14 @@ from pytest_minerva.equivalence.profiles import (
     ProfileNotCalibrated,
     ProfileNotFound,
     Violation,
-    default_tolerances_path,
     derive_bounds,
+)
+from pytest_minerva.equivalence.tolerances import (
+    default_tolerances_path,
     get_profile,
     load_known_divergences,
     load_profiles,
     parse_profiles,
-    record_measurements,
     select_profile,
 )
 from pytest_minerva.errors import MinervaError

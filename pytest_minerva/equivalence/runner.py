@@ -16,7 +16,8 @@ import numpy as np
 
 from pytest_minerva.backends.base import Backend, GenerationRequest
 from pytest_minerva.equivalence.metrics import DEFAULT_TOPK, EquivalenceReport, compare_logits, topk_of_metric
-from pytest_minerva.equivalence.profiles import Profile, load_profiles, normalize_precision, select_profile
+from pytest_minerva.equivalence.profiles import Profile, normalize_precision
+from pytest_minerva.equivalence.tolerances import load_profiles, select_profile
 from pytest_minerva.matrix import Case
 
 #: The prompt files compared (names under ``fixtures/prompts/``), and how many tokens of each.

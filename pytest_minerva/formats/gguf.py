@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_minerva.errors import FormatError
-from pytest_minerva.formats import (
+from pytest_minerva.formats.common import (
     METADATA_BUDGET,
     WINDOW,
     ByteSource,

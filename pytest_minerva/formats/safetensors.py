@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_minerva.errors import FormatError
-from pytest_minerva.formats import (
+from pytest_minerva.formats.common import (
     ByteSource,
     FileSource,
     ModelSummary,

@@ -27,6 +27,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from pytest_minerva.backends.base import TimedBatchGenerator
 from pytest_minerva.errors import MinervaError
 from pytest_minerva.timing import memory
 
@@ -67,9 +68,9 @@ def batch_sweep(
     compared with the same prompt generated alone (batch 1), and ``rows_match_alone``
     says whether all agree (padding and batching may round differently).
     """
-    generate = getattr(backend, "timed_generate_batch", None)
-    if not callable(generate):
+    if not isinstance(backend, TimedBatchGenerator):
         raise MinervaError(f"backend {getattr(backend, 'name', backend)!r} does not batch (no timed_generate_batch)")
+    generate = backend.timed_generate_batch
     if max(batch_sizes) > len(prompts):
         raise MinervaError(f"batch size {max(batch_sizes)} needs {max(batch_sizes)} prompts, got {len(prompts)}")
     if max_tokens < 2 or runs < 1:

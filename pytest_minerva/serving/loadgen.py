@@ -1,7 +1,8 @@
 """Load generation against an OpenAI-compatible endpoint: concurrency sweeps and Poisson arrivals.
 
 Every request streams over SSE (:func:`~pytest_minerva.serving.sse.stream_request`)
-in its own thread, with a distinct prompt, and is timed on arrival. Definitions:
+in its own thread, with a distinct prompt (:mod:`pytest_minerva.serving.workload`), and is
+timed on arrival. Definitions:
 
 in-flight (concurrency) ``c``
     a closed loop: ``c`` workers each send their next request as soon as the last
@@ -12,21 +13,10 @@ request rate
     inter-arrival gaps of mean ``1 / rate`` drawn from ``random.Random(seed)``; the
     same seed gives the same schedule. No more than ``max_in_flight`` requests are
     outstanding: one that would exceed it is not sent and counted as ``dropped``.
-wall time
-    from the first request sent to the last one finished (failed ones included).
-aggregate tokens/s
-    generated tokens of successful requests divided by the wall time.
-speedup and efficiency (sweeps)
-    ``speedup(c) = aggregate(c) / aggregate(1)`` and ``efficiency(c) = speedup(c) / c``:
-    1.0 means ``c`` requests in flight get ``c`` times the throughput of one.
-goodput under an SLO
-    successful requests whose TTFT and TpT both meet the SLO, per second of wall
-    time; ``good_fraction`` is their share of all requests sent.
 
-Failed requests are counted by reason and never averaged into a figure. Prompts are
-distinct (the same text rotated by a different number of words, and with
-:func:`fit_prompts` each starting with a different token) so that a server that
-reuses a cached prompt prefix cannot skip the prefill.
+Wall time, aggregate tokens/s, speedup and efficiency, and goodput under an SLO are
+defined with :class:`~pytest_minerva.serving.load_results.LoadResult`, which holds
+the requests of one load level.
 """
 
 from __future__ import annotations
@@ -35,209 +25,24 @@ import math
 import random
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from pytest_minerva.errors import MinervaError
-from pytest_minerva.serving.sse import Endpoint, StreamResult, Timeouts, stream_request
-from pytest_minerva.timing.stats import Stats
+from pytest_minerva.serving.client import Endpoint
+from pytest_minerva.serving.load_results import LoadResult, Slo, Sweep, merge
+from pytest_minerva.serving.sse import StreamResult, stream_request
 
-#: Fields that make temperature 0 plain greedy decoding and keep generating past EOS.
-FIXED_LENGTH_FIELDS: dict[str, Any] = {
-    "temperature": 0.0,
-    "top_p": 1.0,
-    "repeat_penalty": 1.0,
-    "presence_penalty": 0.0,
-    "frequency_penalty": 0.0,
-    "ignore_eos": True,
-}
+# ``Workload``, ``fit_prompts`` and ``rotated_prompts`` (like ``Slo`` above) stay importable as
+# ``loadgen.<name>``: the asv suite (run against older commits too) and ``minerva serve-bench`` use them so.
+from pytest_minerva.serving.workload import Workload
+from pytest_minerva.serving.workload import fit_prompts as fit_prompts
+from pytest_minerva.serving.workload import rotated_prompts as rotated_prompts
+from pytest_minerva.stats.summary import Stats
+
 DEFAULT_CONCURRENCY = (1, 2, 4, 8)
-
-
-@dataclass(frozen=True)
-class Slo:
-    """A service-level objective: TTFT and TpT bounds in milliseconds (None: no bound)."""
-
-    ttft_ms: float | None = None
-    tpt_ms: float | None = None
-
-    def met(self, result: StreamResult) -> bool:
-        if not result.ok:
-            return False
-        ttft, tpt = result.ttft_s, result.tpt_s
-        if self.ttft_ms is not None and (ttft is None or ttft * 1e3 > self.ttft_ms):
-            return False
-        return not (self.tpt_ms is not None and (tpt is None or tpt * 1e3 > self.tpt_ms))
-
-    def describe(self) -> str:
-        parts = []
-        if self.ttft_ms is not None:
-            parts.append(f"TTFT <= {self.ttft_ms:g} ms")
-        if self.tpt_ms is not None:
-            parts.append(f"TpT <= {self.tpt_ms:g} ms")
-        return " and ".join(parts) or "none"
-
-
-@dataclass(frozen=True)
-class Workload:
-    """What each request asks for: ``api``, prompts, ``max_tokens`` and extra JSON fields."""
-
-    prompts: tuple[str, ...]
-    max_tokens: int = 32
-    api: str = "completions"
-    model: str | None = None
-    fields: dict[str, Any] = field(default_factory=lambda: dict(FIXED_LENGTH_FIELDS))
-    timeouts: Timeouts = field(default_factory=Timeouts)
-
-    def __post_init__(self) -> None:
-        if not self.prompts:
-            raise MinervaError("a workload needs at least one prompt")
-        if self.max_tokens < 2:
-            raise MinervaError(f"max_tokens must be at least 2 (TpT needs two tokens), got {self.max_tokens}")
-
-    def payload(self, index: int) -> dict[str, Any]:
-        text = self.prompts[index % len(self.prompts)]
-        body: dict[str, Any] = {"max_tokens": self.max_tokens, **self.fields}
-        if self.fields.get("ignore_eos"):
-            body["min_tokens"] = self.max_tokens
-        if self.api == "chat":
-            body["messages"] = [{"role": "user", "content": text}]
-        else:
-            body["prompt"] = text
-        if self.model:
-            body["model"] = self.model
-        body["stream_options"] = {"include_usage": True}
-        return body
-
-
-def rotated_prompts(text: str, count: int, words: int, *, step: int = 7) -> tuple[str, ...]:
-    """``count`` distinct prompts of ``words`` words: ``text``'s words, prompt ``i`` starting at word ``i * step``."""
-    pool = text.split()
-    if not pool:
-        raise MinervaError("the prompt text has no words")
-    while len(pool) < words + step * count:
-        pool = pool + pool
-    return tuple(" ".join(pool[i * step : i * step + words]) for i in range(count))
-
-
-def fit_prompts(
-    prompts: Sequence[str],
-    tokens: int,
-    tokenize: Callable[[str], list[int]],
-    detokenize: Callable[[Sequence[int]], str],
-    *,
-    max_skip: int = 64,
-) -> tuple[str, ...]:
-    """Each prompt cut to ``tokens`` tokens (as text), all starting with different tokens.
-
-    A prompt whose first token another prompt already starts with drops leading
-    tokens (at most ``max_skip``) until it starts with an unused one, so no two
-    requests share a cached prefix. Raises if a prompt is too short for that.
-    """
-    out: list[str] = []
-    used: set[int] = set()
-    for i, text in enumerate(prompts):
-        ids = tokenize(text)
-        start = next((j for j in range(min(max_skip, len(ids))) if ids[j] not in used), None)
-        if start is None:
-            raise MinervaError(f"prompt {i}: none of its first {max_skip} tokens starts a prompt not yet used")
-        if len(ids) - start < tokens:
-            raise MinervaError(f"prompt {i} has {len(ids) - start} tokens left, fewer than the {tokens} asked for")
-        used.add(ids[start])
-        out.append(detokenize(ids[start : start + tokens]))
-    return tuple(out)
-
-
-@dataclass
-class LoadResult:
-    """All requests of one load level and what they add up to (see the module docstring)."""
-
-    mode: str
-    level: float
-    results: list[StreamResult]
-    wall_s: float
-    not_sent: int = 0
-    dropped: int = 0
-    slo: Slo = field(default_factory=Slo)
-    seed: int | None = None
-    rounds: int = 1
-
-    @property
-    def ok(self) -> list[StreamResult]:
-        return [r for r in self.results if r.ok]
-
-    @property
-    def failed(self) -> list[StreamResult]:
-        return [r for r in self.results if not r.ok]
-
-    def failures_by_reason(self) -> dict[str, int]:
-        return dict(Counter(r.failure.reason for r in self.failed if r.failure is not None))
-
-    def failure_examples(self) -> dict[str, str]:
-        """One message per failure reason."""
-        seen: dict[str, str] = {}
-        for r in self.failed:
-            if r.failure is not None:
-                seen.setdefault(r.failure.reason, r.failure.message)
-        return seen
-
-    @property
-    def output_tokens(self) -> int:
-        return sum(r.completion_tokens or 0 for r in self.ok)
-
-    @property
-    def aggregate_tps(self) -> float | None:
-        return self.output_tokens / self.wall_s if self.ok and self.wall_s > 0 else None
-
-    def stats_ms(self, metric: str) -> Stats | None:
-        """TTFT, TpT or E2E (``ttft``, ``tpt``, ``e2e``) of the successful requests, in ms."""
-        values = [getattr(r, f"{metric}_s") for r in self.ok]
-        values = [v * 1e3 for v in values if v is not None]
-        return Stats(values) if values else None
-
-    @property
-    def good(self) -> int:
-        return sum(1 for r in self.results if self.slo.met(r))
-
-    @property
-    def goodput_rps(self) -> float | None:
-        return self.good / self.wall_s if self.wall_s > 0 and self.results else None
-
-    @property
-    def good_fraction(self) -> float | None:
-        return self.good / len(self.results) if self.results else None
-
-    def count_sources(self) -> dict[str, int]:
-        return dict(Counter(r.token_count_source or "uncounted" for r in self.ok))
-
-    def as_dict(self) -> dict[str, Any]:
-        stats = {m: self.stats_ms(m) for m in ("ttft", "tpt", "e2e")}
-        return {
-            "mode": self.mode,
-            "level": self.level,
-            "seed": self.seed,
-            "rounds": self.rounds,
-            "sent": len(self.results),
-            "ok": len(self.ok),
-            "failed": len(self.failed),
-            "not_sent": self.not_sent,
-            "dropped": self.dropped,
-            "failures": self.failures_by_reason(),
-            "failure_examples": self.failure_examples(),
-            "wall_s": self.wall_s,
-            "output_tokens": self.output_tokens,
-            "aggregate_tps": self.aggregate_tps,
-            "token_count_sources": self.count_sources(),
-            **{f"{m}_ms": (s.as_dict() if s else None) for m, s in stats.items()},
-            "slo": {"ttft_ms": self.slo.ttft_ms, "tpt_ms": self.slo.tpt_ms},
-            "good": self.good,
-            "goodput_rps": self.goodput_rps,
-            "good_fraction": self.good_fraction,
-            "requests": [r.as_dict() for r in self.results],
-        }
 
 
 def _finish(
@@ -365,53 +170,6 @@ def run_poisson(
     wall = span[1] - span[0] if span else 0.0
     results.sort(key=lambda r: r.request_s)
     return LoadResult("rate", rate_rps, results, wall, not_sent=not_sent, dropped=dropped, slo=slo or Slo(), seed=seed)
-
-
-@dataclass
-class Sweep:
-    """Load results at several levels, with speedup and efficiency against level 1.
-
-    ``prompts_used`` is one past the last prompt index the sweep used (warm-up included).
-    """
-
-    levels: list[LoadResult]
-    prompts_used: int = 0
-
-    def baseline(self) -> LoadResult | None:
-        return next((r for r in self.levels if r.mode == "concurrency" and r.level == 1), None)
-
-    def speedup(self, result: LoadResult) -> float | None:
-        base = self.baseline()
-        if base is None or not base.aggregate_tps or result.aggregate_tps is None:
-            return None
-        return result.aggregate_tps / base.aggregate_tps
-
-    def efficiency(self, result: LoadResult) -> float | None:
-        speedup = self.speedup(result)
-        return None if speedup is None or result.mode != "concurrency" else speedup / result.level
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "levels": [
-                {**r.as_dict(), "speedup": self.speedup(r), "efficiency": self.efficiency(r)} for r in self.levels
-            ]
-        }
-
-
-def merge(results: Sequence[LoadResult]) -> LoadResult:
-    """Runs of one level as one: requests pooled, wall times added (so tokens/s is over all of them)."""
-    first = results[0]
-    return LoadResult(
-        first.mode,
-        first.level,
-        [r for run in results for r in run.results],
-        math.fsum(run.wall_s for run in results),
-        not_sent=sum(run.not_sent for run in results),
-        dropped=sum(run.dropped for run in results),
-        slo=first.slo,
-        seed=first.seed,
-        rounds=sum(run.rounds for run in results),
-    )
 
 
 def concurrency_sweep(

@@ -31,15 +31,19 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pytest_minerva.errors import BackendUnavailable, MinervaError
-from pytest_minerva.serving.sse import Endpoint, Timeouts, request_json
+from pytest_minerva.serving.client import Endpoint, Timeouts, request_json
 
 if TYPE_CHECKING:
-    import pytest
+    pass
+
+#: The K and V cache type of the llama_cpp.server this module starts: llama.cpp's default,
+#: which the server keeps (it is not passed --type_k / --type_v).
+SERVER_KV_CACHE_DTYPE = "f16"
 
 #: Import names llama_cpp.server needs (``llama-cpp-python[server]``).
 SERVER_MODULES = ("llama_cpp", "uvicorn", "fastapi", "sse_starlette", "starlette_context", "pydantic_settings")
@@ -324,47 +328,27 @@ def serve_gguf(model_path: str | Path, **options: Any) -> Iterator[LlamaCppServe
         server.stop()
 
 
-def default_gguf(config: pytest.Config | None = None) -> Path:
-    """The GGUF of the session's first model (the catalog default without a session)."""
-    from pytest_minerva.catalog import Catalog
-    from pytest_minerva.derive.cache import ArtifactCache, default_cache_dir
-    from pytest_minerva.resolve import Resolver, select_models
-    from pytest_minerva.session import SESSION_KEY
+def served_tokenizers(endpoint: Endpoint, artifact: Any) -> tuple[Callable[[str], list[int]] | None, Any, str]:
+    """(tokenize, detokenize, source): the server's /extras endpoints, else llama.cpp on the GGUF."""
 
-    session = config.stash.get(SESSION_KEY, None) if config is not None else None
-    if session is not None:
-        models, resolver = session.models, session.resolver
-    else:
-        catalog = Catalog.load()
-        models = select_models(catalog, catalog.defaults())
-        resolver = Resolver(ArtifactCache(default_cache_dir()), verify=False)
-    for model in models:
-        for spec in model.artifacts:
-            if spec.format == "gguf":
-                return Path(resolver.resolve(model, spec).path)
-    raise MinervaError(f"none of the models [{', '.join(m.name for m in models)}] has a GGUF to serve")
+    def tokenize(text: str) -> list[int]:
+        return [int(t) for t in request_json(endpoint, "POST", "/extras/tokenize", {"input": text})["tokens"]]
 
+    def detokenize(ids: Sequence[int]) -> str:
+        return str(request_json(endpoint, "POST", "/extras/detokenize", {"tokens": list(ids)})["text"])
 
-def llama_server_fixture(request: pytest.FixtureRequest) -> Iterator[LlamaCppServer]:
-    """Body of the ``minerva_llama_server`` fixture: one thread, stopped even when tests fail."""
-    import pytest
-
-    reason = server_unavailable_reason()
-    if reason:
-        pytest.skip(reason)
     try:
-        path = default_gguf(request.config)
-    except MinervaError as exc:
-        pytest.skip(str(exc))
-    with serve_gguf(path, threads=1, n_ctx=2048) as server:
-        yield server
+        tokenize("a")
+        return tokenize, detokenize, "server /extras/tokenize"
+    except MinervaError:
+        pass
+    if artifact is None:
+        return None, None, "none (prompts cut by words, tokens counted by chunks)"
+    import llama_cpp
 
-
-def _fixture() -> Any:
-    import pytest
-
-    return pytest.fixture(scope="session", name="minerva_llama_server")(llama_server_fixture)
-
-
-#: A session-scoped pytest fixture; expose it with ``from pytest_minerva.serving.server import minerva_llama_server``.
-minerva_llama_server = _fixture()
+    vocab = llama_cpp.Llama(str(artifact.path), vocab_only=True, verbose=False)
+    return (
+        lambda text: list(vocab.tokenize(text.encode("utf-8"), add_bos=False, special=True)),
+        lambda ids: vocab.detokenize(list(ids)).decode("utf-8", errors="replace"),
+        "llama.cpp on the local GGUF",
+    )

@@ -25,23 +25,30 @@ TpT
 A request that fails never raises: it returns a :class:`StreamResult` whose
 :attr:`~StreamResult.failure` names the reason (one of :data:`FAILURE_REASONS`) and
 says what happened in one line. Failed requests carry no figures.
+
+The endpoint, the timeouts and plain (non-streaming) JSON requests are in
+:mod:`pytest_minerva.serving.client`.
 """
 
 from __future__ import annotations
 
-import email.utils
 import http.client
 import json
-import math
-import os
-import socket
 import time
-import urllib.parse
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from pytest_minerva.errors import MinervaError
+from pytest_minerva.serving.client import (
+    ERROR_BODY_BYTES,
+    Endpoint,
+    Timeouts,
+    error_message,
+    os_reason,
+    parse_retry_after,
+    shorten,
+)
 
 #: Why a request failed; every failed request carries exactly one of these.
 FAILURE_REASONS = (
@@ -57,105 +64,6 @@ FAILURE_REASONS = (
 COUNT_SOURCES = ("usage", "logprobs", "length", "tokenizer", "chunks")
 APIS = {"completions": "/v1/completions", "chat": "/v1/chat/completions"}
 MAX_LINE_BYTES = 1 << 20
-_ERROR_BODY_BYTES = 4096
-
-
-@dataclass(frozen=True)
-class Timeouts:
-    """Bounds on one request: connecting, silence between bytes, and the whole request."""
-
-    connect_s: float = 5.0
-    read_s: float = 30.0
-    total_s: float = 600.0
-
-    def __post_init__(self) -> None:
-        for name in ("connect_s", "read_s", "total_s"):
-            value = getattr(self, name)
-            if not (isinstance(value, int | float) and value > 0 and math.isfinite(value)):
-                raise MinervaError(f"timeout {name} must be a positive number of seconds, got {value!r}")
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    """The base URL of an OpenAI-compatible server and the *name* of the variable holding its key.
-
-    ``url`` is ``http://host:port`` or ``https://...``, optionally ending in ``/v1``
-    (which is dropped: paths like ``/v1/completions`` are added per request). The API
-    key is read from ``os.environ[api_key_env]`` when a request is made; it is never
-    stored on this object, shown by ``repr`` or put in an error message.
-    """
-
-    url: str
-    api_key_env: str | None = None
-
-    def __post_init__(self) -> None:
-        raw = self.url.strip()
-        parts = urllib.parse.urlsplit(raw)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise MinervaError(f"endpoint {raw!r} is not an http:// or https:// URL with a host")
-        if parts.username or parts.password:
-            raise MinervaError(
-                "the endpoint URL carries credentials; pass the key through --minerva-api-key-env instead"
-            )
-        if parts.query or parts.fragment:
-            raise MinervaError(f"endpoint {raw!r}: a base URL has no query or fragment")
-        try:
-            parts.port  # noqa: B018 - raises ValueError on a bad port
-        except ValueError:
-            raise MinervaError(f"endpoint {raw!r} has an invalid port") from None
-        path = parts.path.rstrip("/")
-        path = path.removesuffix("/v1")
-        object.__setattr__(self, "url", urllib.parse.urlunsplit((parts.scheme, parts.netloc, path, "", "")))
-        if self.api_key_env is not None and not self.api_key_env.strip():
-            raise MinervaError("--minerva-api-key-env needs the name of an environment variable")
-
-    @property
-    def scheme(self) -> str:
-        return urllib.parse.urlsplit(self.url).scheme
-
-    @property
-    def host(self) -> str:
-        return str(urllib.parse.urlsplit(self.url).hostname)
-
-    @property
-    def port(self) -> int:
-        parts = urllib.parse.urlsplit(self.url)
-        return parts.port or (443 if parts.scheme == "https" else 80)
-
-    def path(self, suffix: str) -> str:
-        return urllib.parse.urlsplit(self.url).path + suffix
-
-    def _api_key(self) -> str | None:
-        if self.api_key_env is None:
-            return None
-        key = os.environ.get(self.api_key_env)
-        if not key:
-            raise MinervaError(
-                f"--minerva-api-key-env names {self.api_key_env}, which is not set or empty in the environment"
-            )
-        return key
-
-    def headers(self, *, stream: bool) -> dict[str, str]:
-        out = {
-            "Content-Type": "application/json",
-            "Accept": "text/event-stream" if stream else "application/json",
-            "User-Agent": "pytest-minerva",
-        }
-        key = self._api_key()
-        if key is not None:
-            out["Authorization"] = f"Bearer {key}"
-        return out
-
-    def redact(self, text: str) -> str:
-        """``text`` with the API key (if any is set) replaced by ``***``."""
-        if self.api_key_env is None:
-            return text
-        key = os.environ.get(self.api_key_env)
-        return text.replace(key, "***") if key else text
-
-    def connection(self, timeouts: Timeouts) -> http.client.HTTPConnection:
-        cls = http.client.HTTPSConnection if self.scheme == "https" else http.client.HTTPConnection
-        return cls(self.host, self.port, timeout=timeouts.connect_s)
 
 
 @dataclass(frozen=True)
@@ -225,41 +133,6 @@ class SSEParser:
     def finish(self, now: float) -> SSEEvent | None:
         """A stream that ends without the final blank line still delivers its last event."""
         return self.feed("", now)
-
-
-def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Seconds from a ``Retry-After`` header (delta-seconds or an HTTP date), or None."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when is None:
-        return None
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
-
-
-def _short(text: str, limit: int = 160) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _error_message(body: bytes) -> str:
-    text = body.decode("utf-8", errors="replace")
-    try:
-        data = json.loads(text)
-    except ValueError:
-        return _short(text) or "(empty body)"
-    if isinstance(data, dict):
-        err = data.get("error", data.get("detail", data))
-        if isinstance(err, dict):
-            err = err.get("message", err)
-        return _short(str(err))
-    return _short(text)
 
 
 @dataclass
@@ -402,10 +275,10 @@ def _handle_event(result: StreamResult, event: SSEEvent) -> bool:
         payload = json.loads(data)
     except ValueError:
         raise _Abort(
-            Failure("malformed_sse", f"event {len(result.chunk_times_s) + 1} is not JSON: {_short(data, 80)!r}")
+            Failure("malformed_sse", f"event {len(result.chunk_times_s) + 1} is not JSON: {shorten(data, 80)!r}")
         ) from None
     if not isinstance(payload, dict):
-        raise _Abort(Failure("malformed_sse", f"an event is JSON but not an object: {_short(data, 80)!r}"))
+        raise _Abort(Failure("malformed_sse", f"an event is JSON but not an object: {shorten(data, 80)!r}"))
     if payload.get("error") is not None or event.event == "error":
         error = payload.get("error", payload)
         message = error.get("message", error) if isinstance(error, dict) else error
@@ -414,7 +287,7 @@ def _handle_event(result: StreamResult, event: SSEEvent) -> bool:
         raise _Abort(
             Failure(
                 "server_error_in_stream",
-                f"the server reported an error after {len(result.chunk_times_s)} chunks: {_short(str(message))}",
+                f"the server reported an error after {len(result.chunk_times_s)} chunks: {shorten(str(message))}",
                 http_status=status,
             )
         )
@@ -424,7 +297,7 @@ def _handle_event(result: StreamResult, event: SSEEvent) -> bool:
     choices = payload.get("choices")
     if not isinstance(choices, list):
         if usage is None:
-            raise _Abort(Failure("malformed_sse", f"an event has no choices: {_short(data, 80)!r}"))
+            raise _Abort(Failure("malformed_sse", f"an event has no choices: {shorten(data, 80)!r}"))
         return False
     for choice in choices:
         if not isinstance(choice, dict) or choice.get("index", 0) != 0:
@@ -466,7 +339,7 @@ def stream_request(
         try:
             conn.connect()
         except (OSError, http.client.HTTPException) as exc:
-            raise _Abort(Failure("unreachable", f"cannot connect to {endpoint.url}: {_os_reason(exc)}")) from None
+            raise _Abort(Failure("unreachable", f"cannot connect to {endpoint.url}: {os_reason(exc)}")) from None
         if conn.sock is not None:
             conn.sock.settimeout(timeouts.read_s)
         conn.request("POST", endpoint.path(APIS[api]), body=body, headers=headers)
@@ -474,7 +347,7 @@ def stream_request(
         result.headers_s = time.perf_counter()
         result.http_status = response.status
         if response.status != 200:
-            detail = _error_message(response.read(_ERROR_BODY_BYTES))
+            detail = error_message(response.read(ERROR_BODY_BYTES))
             if response.status == 429:
                 retry = parse_retry_after(response.getheader("Retry-After"))
                 hint = f"retry after {retry:g} s" if retry is not None else "no Retry-After given"
@@ -513,7 +386,7 @@ def stream_request(
     except (OSError, http.client.HTTPException) as exc:
         result.failure = Failure(
             "stream_broken",
-            f"the connection broke after {len(result.chunk_times_s)} chunks: {_os_reason(exc)}",
+            f"the connection broke after {len(result.chunk_times_s)} chunks: {os_reason(exc)}",
             result.http_status,
         )
     finally:
@@ -527,55 +400,3 @@ def stream_request(
             result.failure.retry_after_s,
         )
     return result
-
-
-def _os_reason(exc: BaseException) -> str:
-    if isinstance(exc, socket.gaierror):
-        return f"cannot resolve the host ({exc.strerror})"
-    if isinstance(exc, TimeoutError):
-        return "timed out"
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    return type(exc).__name__ + (f" ({exc})" if str(exc) else "")
-
-
-def request_json(
-    endpoint: Endpoint,
-    method: str,
-    path: str,
-    body: Mapping[str, Any] | None = None,
-    *,
-    timeouts: Timeouts | None = None,
-) -> Any:
-    """One non-streaming JSON request; raises :class:`MinervaError` with a one-line reason."""
-    timeouts = timeouts or Timeouts()
-    conn = endpoint.connection(timeouts)
-    try:
-        conn.connect()
-        if conn.sock is not None:
-            conn.sock.settimeout(timeouts.read_s)
-        data = None if body is None else json.dumps(body).encode("utf-8")
-        conn.request(method, endpoint.path(path), body=data, headers=endpoint.headers(stream=False))
-        response = conn.getresponse()
-        raw = response.read()
-    except (OSError, http.client.HTTPException) as exc:
-        raise MinervaError(endpoint.redact(f"{endpoint.url}{path}: {_os_reason(exc)}")) from None
-    finally:
-        conn.close()
-    if response.status != 200:
-        detail = _error_message(raw[:_ERROR_BODY_BYTES])
-        message = endpoint.redact(f"{endpoint.url}{path}: HTTP {response.status}: {detail}")
-        raise HttpStatusError(response.status, message)
-    try:
-        return json.loads(raw)
-    except ValueError:
-        shown = _short(raw.decode("utf-8", errors="replace"), 80)
-        raise MinervaError(f"{endpoint.url}{path}: the response is not JSON: {shown!r}") from None
-
-
-class HttpStatusError(MinervaError):
-    """A non-200 answer to a JSON request; ``status`` is the HTTP status."""
-
-    def __init__(self, status: int, message: str) -> None:
-        self.status = status
-        super().__init__(message)

@@ -34,8 +34,8 @@ from pathlib import Path
 from typing import Any
 
 from pytest_minerva.errors import MinervaError
+from pytest_minerva.stats.summary import percentile
 from pytest_minerva.storage.atomic import atomic_write_json, atomic_write_text
-from pytest_minerva.timing.stats import percentile
 
 SCHEMA_VERSION = 1
 
@@ -163,12 +163,15 @@ def make_document(
     versions: Mapping[str, str],
     bandwidth: Mapping[str, Any] | None = None,
     cwd: str | Path | None = None,
+    machine: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """A complete results document around ``backends`` and ``benchmarks``."""
+    """A complete results document around ``backends`` and ``benchmarks``; ``machine`` is the
+    session's :meth:`~pytest_minerva.session.MinervaSession.machine_info` (hooks included),
+    else this machine's plain facts."""
     return {
         "schema_version": SCHEMA_VERSION,
         "datetime": utc_now(),
-        "machine_info": machine_info(),
+        "machine_info": dict(machine) if machine is not None else machine_info(),
         "commit_info": commit_info(cwd),
         "environment": environment(versions),
         "settings": dict(settings),

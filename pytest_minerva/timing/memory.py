@@ -17,10 +17,11 @@ KV-cache bytes per token, *computed* from the model config:
 with llama.cpp's default ``f16`` cache (2 bytes) and transformers / mlx-lm caching in
 the weights' dtype (4 bytes for float32). It is checked against a *measured* growth:
 one untimed generation of ``kv_probe_tokens`` tokens, reading the engine's memory at the
-first and the last generated token, ``(last - first) / (tokens - 1)``. The reading is
-llama.cpp's ``llama_state_seq_get_size`` (the bytes of sequence 0's state; its cache
-itself is allocated for the whole context at load), MLX's active memory, torch's
-allocated CUDA memory, or the process RSS for torch on the CPU.
+first and the last generated token, ``(last - first) / (tokens - 1)``. The reading is the
+backend's ``kv_cache_bytes()`` where it has one (:class:`~pytest_minerva.backends.base.KvCacheBytes`;
+llama.cpp's is ``llama_state_seq_get_size``, the bytes of sequence 0's state, its cache
+itself being allocated for the whole context at load), else its device's current memory
+(MLX's active memory, torch's allocated CUDA memory), else the process RSS.
 """
 
 from __future__ import annotations
@@ -32,13 +33,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from pytest_minerva.backends.base import Backend
+from pytest_minerva.backends.base import Backend, DeviceMemory, DeviceMemoryCounters, KvCacheBytes
 
 _STATUS = Path("/proc/self/status")
 _CLEAR_REFS = Path("/proc/self/clear_refs")
 
 #: Bytes per element of the KV cache each built-in engine keeps by default.
-ENGINE_CACHE_DTYPE = {"llama_cpp": "f16"}
 DTYPE_BYTES = {
     "f32": 4,
     "float32": 4,
@@ -90,42 +90,10 @@ def peak_rss(*, since_reset: bool) -> tuple[int, str]:
     return int(maxrss) * scale, "ru_maxrss over the whole process (cannot be reset)"
 
 
-@dataclass
-class DeviceMemory:
-    """Peak device memory of one backend, read from the library it already imported."""
-
-    library: str
-    reset: Callable[[], None]
-    peak: Callable[[], int]
-    current: Callable[[], int]
-
-    @property
-    def method(self) -> str:
-        return {
-            "torch.cuda": "torch.cuda.max_memory_allocated",
-            "mlx": "mlx.core.get_peak_memory",
-        }[self.library]
-
-
 def device_memory(backend: Backend) -> DeviceMemory | None:
-    """The peak-memory counter for ``backend``'s device, or None (llama.cpp, torch on the CPU)."""
-    torch = sys.modules.get("torch")
-    if backend.name == "transformers" and backend.device == "cuda" and torch is not None:
-        return DeviceMemory(
-            "torch.cuda",
-            torch.cuda.reset_peak_memory_stats,
-            lambda: int(torch.cuda.max_memory_allocated()),
-            lambda: int(torch.cuda.memory_allocated()),
-        )
-    mx = sys.modules.get("mlx.core")
-    if backend.name == "mlx_lm" and mx is not None:
-        return DeviceMemory(
-            "mlx",
-            mx.reset_peak_memory,
-            lambda: int(mx.get_peak_memory()),
-            lambda: int(mx.get_active_memory()),
-        )
-    return None
+    """The peak-memory counter for ``backend``'s device (:class:`DeviceMemoryCounters`), or
+    None (llama.cpp, torch on the CPU: their memory is the process's RSS)."""
+    return backend.device_memory() if isinstance(backend, DeviceMemoryCounters) else None
 
 
 @dataclass(frozen=True)
@@ -178,13 +146,12 @@ def kv_shape(metadata: Mapping[str, Any]) -> KvShape | None:
     return KvShape(int(layers), int(kv_heads), int(key_dim), int(value_dim), source)  # type: ignore[arg-type]
 
 
-def cache_dtype(backend_name: str, info: Mapping[str, Any]) -> str | None:
-    """The KV cache's element type: what the backend reports, else the engine default or weight dtype."""
+def cache_dtype(info: Mapping[str, Any]) -> str | None:
+    """The KV cache's element type: what the backend's ``info()`` reports as ``kv_cache_dtype``,
+    else its weights' dtype."""
     reported = info.get("kv_cache_dtype")
     if isinstance(reported, str):
         return reported.lower()
-    if backend_name in ENGINE_CACHE_DTYPE:
-        return ENGINE_CACHE_DTYPE[backend_name]
     dtype = info.get("dtype")
     return str(dtype).lower() if isinstance(dtype, str) and str(dtype).lower() in DTYPE_BYTES else None
 
@@ -208,7 +175,7 @@ class KvFigures:
 def computed_kv(metadata: Mapping[str, Any], backend_name: str, info: Mapping[str, Any]) -> KvFigures:
     """The computed figure (labelled with its formula), or an empty one saying what was missing."""
     shape = kv_shape(metadata)
-    dtype = cache_dtype(backend_name, info)
+    dtype = cache_dtype(info)
     if shape is None:
         return KvFigures(note="the model config lacks layers / KV heads / head size")
     if dtype is None:
@@ -223,14 +190,8 @@ def computed_kv(metadata: Mapping[str, Any], backend_name: str, info: Mapping[st
 
 def kv_reader(backend: Backend) -> tuple[Callable[[], int], str]:
     """A function returning the engine memory that grows with the KV cache, and what it reads."""
-    public = getattr(backend, "kv_cache_bytes", None)
-    if callable(public):
-        return (lambda: int(public())), f"{backend.name}.kv_cache_bytes()"
-    ctx = getattr(backend, "_ctx", None)
-    if backend.name == "llama_cpp" and ctx is not None:
-        import llama_cpp
-
-        return (lambda: int(llama_cpp.llama_state_seq_get_size(ctx, 0))), "llama_state_seq_get_size(seq 0)"
+    if isinstance(backend, KvCacheBytes):
+        return (lambda: int(backend.kv_cache_bytes())), f"{backend.name}.kv_cache_bytes()"
     device = device_memory(backend)
     if device is not None:
         return device.current, f"{device.library} current allocated memory"

@@ -58,7 +58,7 @@ SCENARIOS: dict[str, Scenario] = {
 
 
 def prompts_dir() -> Path:
-    from pytest_minerva.catalog import fixtures_dir
+    from pytest_minerva.models.catalog import fixtures_dir
 
     return fixtures_dir() / "prompts"
 

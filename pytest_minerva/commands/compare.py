@@ -1,0 +1,201 @@
+"""``minerva compare BASE HEAD``: the command line of :mod:`pytest_minerva.compare`.
+
+Exit status: 0 when nothing is confirmed slower, 1 when at least one comparison is
+``slower``, 2 when the comparison could not be made (see :mod:`pytest_minerva.compare`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from typing import TextIO
+
+from pytest_minerva.compare import (
+    DEFAULT_FIGURES,
+    EXIT_ERROR,
+    HIGHER_IS_WORSE,
+    STATISTICS,
+    Criteria,
+    build_kind,
+    compare_builds,
+    compare_document,
+    compare_results_files,
+    markdown,
+)
+from pytest_minerva.errors import MinervaError
+from pytest_minerva.options import (
+    BACKEND,
+    MODEL,
+    RUNS,
+    SCENARIO,
+    THREADS,
+    WARMUP,
+    Settings,
+    add_cli_options,
+    add_location_options,
+    non_negative_int,
+    positive_float,
+    positive_int,
+)
+from pytest_minerva.session import build_session
+
+
+def _fraction(value: str) -> float:
+    try:
+        number = float(value.rstrip("%")) / (100 if value.endswith("%") else 1)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+    if not (math.isfinite(number) and 0 <= number < 1):
+        raise argparse.ArgumentTypeError(f"{value!r} must be a fraction from 0 to below 1, e.g. 0.02 or 2%")
+    return number
+
+
+def _confidence(value: str) -> float:
+    number = _fraction(value)
+    if not 0.5 <= number < 1:
+        raise argparse.ArgumentTypeError(f"{value!r} must be at least 0.5 and below 1, e.g. 0.95")
+    return number
+
+
+def _figure(value: str) -> str:
+    if value not in HIGHER_IS_WORSE:
+        raise argparse.ArgumentTypeError(f"unknown figure {value!r}; choose from {', '.join(HIGHER_IS_WORSE)}")
+    return value
+
+
+def _seconds(value: str) -> float:
+    return positive_float(value)
+
+
+def add_commands(subparsers: argparse._SubParsersAction) -> None:
+    """Register ``compare`` on the ``minerva`` command line."""
+    parser = subparsers.add_parser(
+        "compare",
+        help="is HEAD slower than BASE? interleaved runs, a paired test and a confidence interval",
+        description=(
+            "Compare two git revisions, two interpreters / virtual environments, or (--results) two results "
+            "files. Exit status: 0 no confirmed regression, 1 a confirmed regression, 2 the comparison "
+            "could not be made."
+        ),
+    )
+    parser.add_argument("base", metavar="BASE", help="git revision, interpreter or venv (results file with --results)")
+    parser.add_argument("head", metavar="HEAD", help="as BASE: the build under suspicion")
+    parser.add_argument(
+        "--results",
+        action="store_true",
+        help="BASE and HEAD are 'minerva bench --json' files, compared unpaired (default: run both builds)",
+    )
+    parser.add_argument(
+        "--repo",
+        default=".",
+        metavar="DIR",
+        help="git repository holding the code under test (default: the current directory)",
+    )
+    parser.add_argument(
+        "--src",
+        default=".",
+        metavar="DIR",
+        help="directory inside the repository that goes first on PYTHONPATH (default: its top, '.')",
+    )
+    add_cli_options(parser, "compare", MODEL, BACKEND, SCENARIO, THREADS, RUNS, WARMUP, model={"action": None})
+    parser.add_argument(
+        "--rounds",
+        type=positive_int,
+        default=10,
+        metavar="N",
+        help="interleaved rounds, each running both builds once (default: 10; at least 6 at 0.95 confidence)",
+    )
+    parser.add_argument(
+        "--command",
+        metavar="CMD",
+        help="benchmark command instead of 'minerva bench'; {python} is the build's interpreter and the "
+        "command must write a results document to {json} (default: minerva bench with the options above)",
+    )
+    parser.add_argument(
+        "--figure",
+        action="append",
+        type=_figure,
+        metavar="NAME",
+        help=f"figure to judge; repeatable (default: {', '.join(DEFAULT_FIGURES)})",
+    )
+    parser.add_argument(
+        "--threshold",
+        type=_fraction,
+        default=0.02,
+        metavar="FRACTION",
+        help="smallest slowdown that counts, e.g. 0.02 or 2%% (default: 0.02)",
+    )
+    parser.add_argument(
+        "--confidence",
+        type=_confidence,
+        default=0.95,
+        metavar="LEVEL",
+        help="confidence of the interval; the test's level is 1 - LEVEL (default: 0.95)",
+    )
+    parser.add_argument(
+        "--statistic",
+        choices=STATISTICS,
+        default="median",
+        help="ratio statistic: median or geometric mean of the per-round ratios (default: median)",
+    )
+    parser.add_argument(
+        "--resamples", type=positive_int, default=10_000, metavar="N", help="bootstrap resamples (default: 10000)"
+    )
+    parser.add_argument(
+        "--seed", type=non_negative_int, default=0, metavar="N", help="seed of the run order and bootstrap (default: 0)"
+    )
+    parser.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=900.0,
+        metavar="SECONDS",
+        help="limit for one benchmark invocation (default: 900)",
+    )
+    parser.add_argument("--json", metavar="PATH", help="write the comparison document here (written on errors too)")
+    add_location_options(parser, "compare")
+    parser.set_defaults(func=cmd_compare)
+
+
+def cmd_compare(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    """Run ``minerva compare``; print the table, write ``--json``; return 0, 1 or 2 (see the module doc)."""
+    out = out if out is not None else sys.stdout
+    started = time.perf_counter()
+    figures = tuple(dict.fromkeys(args.figure or DEFAULT_FIGURES))
+    mode = "results" if args.results else build_kind(args.base)
+    try:
+        criteria = Criteria(args.threshold, args.confidence, args.statistic, args.resamples, args.seed)
+    except MinervaError as exc:
+        print(f"minerva compare: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    try:
+        if args.results:
+            document = compare_results_files(args.base, args.head, criteria, figures)
+        else:
+            document = compare_builds(args, criteria, figures, out)
+    except MinervaError as exc:
+        document = compare_document(
+            mode=mode,
+            criteria=criteria,
+            errors=[str(exc)],
+            base={"spec": args.base},
+            head={"spec": args.head},
+            elapsed_s=time.perf_counter() - started,
+        )
+    session = build_session(Settings(models=[]))  # the hooks of installed plugins; loads nothing
+    document["machine_info"] = session.machine_info()
+    session.update_report(document)
+    out.write(markdown(document))
+    if args.json:
+        from pytest_minerva.storage.atomic import atomic_write_json
+
+        try:
+            path = atomic_write_json(args.json, document)
+        except OSError as exc:
+            print(f"minerva compare: {args.json}: cannot write the comparison: {exc.strerror or exc}", file=sys.stderr)
+            return EXIT_ERROR
+        out.write(f"\nwrote {path}\n")
+    if document["status"] == "error":
+        print(f"minerva compare: {document['reason']}", file=sys.stderr)
+    return int(document["exit_code"])

@@ -1,0 +1,140 @@
+"""A comparison written down: the ``--json`` document (:func:`compare_document`) and its markdown table."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from pytest_minerva.compare.schedule import Round
+from pytest_minerva.compare.verdict import Comparison, Criteria, outcome, verdict_counts
+
+COMPARE_SCHEMA_VERSION = 1
+
+
+def compare_document(
+    *,
+    mode: str,
+    criteria: Criteria,
+    comparisons: Sequence[Comparison] = (),
+    errors: Sequence[str] = (),
+    notes: Sequence[str] = (),
+    base: Mapping[str, Any] | None = None,
+    head: Mapping[str, Any] | None = None,
+    settings: Mapping[str, Any] | None = None,
+    rounds: Sequence[Round] = (),
+    elapsed_s: float | None = None,
+) -> dict[str, Any]:
+    """The ``--json`` document of a comparison::
+
+        {
+          "schema": "pytest-minerva-compare", "schema_version": 1,
+          "status": "ok" | "regression" | "error",   # what the exit code says
+          "reason": "...",                            # one line: the regression, the error, or the counts
+          "exit_code": 0 | 1 | 2,
+          "mode": "git" | "python" | "results",
+          "datetime": "...", "machine_info": {...}, "elapsed_s": 63.2,
+          "base": {"spec", "kind", "commit", "python", "python_version", "pytest_minerva_from"},
+          "head": {...},
+          "criteria": {"threshold", "confidence", "statistic", "resamples", "seed"},
+          "settings": {"rounds", "order", "figures", "command", ...},
+          "comparisons": [{"benchmark", "figure", "direction", "paired", "test", "n_base", "n_head",
+                           "base_median", "head_median", "ratio", "ci_low", "ci_high",
+                           "p_value", "slowdown", "verdict"}],
+          "counts": {"slower": 0, "faster": 0, "no change": 2, "inconclusive": 1},
+          "errors": ["..."],                          # what could not be measured or read
+          "notes": ["..."],                           # benchmarks only one side has, and similar
+          "rounds": [{"round", "order", "base": {benchmark: {figure: value}}, "head": {...}}]
+        }
+
+    ``ratio``, ``ci_low`` and ``ci_high`` are HEAD/BASE; ``slowdown`` is the ratio turned so
+    that above 1 means HEAD is worse, whichever way the figure points.
+    """
+    from pytest_minerva.storage.results import machine_info, utc_now
+
+    status, reason, code = outcome(comparisons, errors)
+    return {
+        "schema": "pytest-minerva-compare",
+        "schema_version": COMPARE_SCHEMA_VERSION,
+        "status": status,
+        "reason": reason,
+        "exit_code": code,
+        "mode": mode,
+        "datetime": utc_now(),
+        "machine_info": machine_info(),
+        "elapsed_s": elapsed_s,
+        "base": dict(base or {}),
+        "head": dict(head or {}),
+        "criteria": criteria.as_dict(),
+        "settings": dict(settings or {}),
+        "comparisons": [c.as_dict() for c in comparisons],
+        "counts": verdict_counts(comparisons),
+        "errors": list(errors),
+        "notes": list(notes),
+        "rounds": [r.as_dict() for r in rounds],
+    }
+
+
+def _side(document: Mapping[str, Any], role: str) -> str:
+    side = document.get(role) or {}
+    commit = side.get("commit")
+    return f"{side.get('spec', '?')}" + (f" ({commit[:12]})" if commit else "")
+
+
+def markdown(document: Mapping[str, Any]) -> str:
+    """The comparison as markdown: a header, the method in one paragraph, one row per benchmark figure."""
+    from pytest_minerva.timing.report import number
+
+    criteria = document["criteria"]
+    settings = document.get("settings") or {}
+    confidence = round(criteria["confidence"] * 100, 2)
+    lines = [
+        f"## minerva compare: BASE {_side(document, 'base')} vs HEAD {_side(document, 'head')}",
+        "",
+        f"Status: **{document['status']}**: {document['reason']}",
+        "",
+    ]
+    statistic = "median" if criteria["statistic"] == "median" else "geometric mean"
+    threshold = f"{criteria['threshold'] * 100:g}%"
+    alpha = f"{1 - criteria['confidence']:.2g}"
+    if document["mode"] == "results":
+        method = (
+            f"Runs from two results files (not interleaved): ratio = HEAD/BASE of the {statistic}s; "
+            f"{confidence:g}% bootstrap interval ({criteria['resamples']} resamples, seed {criteria['seed']}); "
+            "p from the Mann-Whitney U test."
+        )
+    else:
+        method = (
+            f"{settings.get('rounds')} rounds, each running BASE and HEAD once back to back in ABBA blocks "
+            f"(seed {criteria['seed']}); ratio = {statistic} of the per-round HEAD/BASE ratios; "
+            f"{confidence:g}% bootstrap interval ({criteria['resamples']} resamples); p from Wilcoxon's "
+            "signed-rank test on the log ratios."
+        )
+    lines.append(
+        f"{method} Verdict: slower/faster when the interval lies beyond {threshold} and p < {alpha}; "
+        f"no change when it lies within {threshold}; otherwise inconclusive."
+    )
+    elapsed = document.get("elapsed_s")
+    load = (document.get("machine_info") or {}).get("load_average")
+    footer = []
+    if elapsed is not None:
+        footer.append(f"took {elapsed:.1f} s")
+    if load:
+        footer.append(f"load average {', '.join(f'{x:.2f}' for x in load)} at the end")
+    if footer:
+        lines += ["", "Compare " + "; ".join(footer) + "."]
+    if document["comparisons"]:
+        lines += [
+            "",
+            f"| Benchmark | Figure | BASE median | HEAD median | HEAD/BASE | {confidence:g}% CI | p | Verdict |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for c in document["comparisons"]:
+            verdict = f"**{c['verdict']}**" if c["verdict"] == "slower" else c["verdict"]
+            lines.append(
+                f"| {c['benchmark']} | {c['figure']} | {number(c['base_median'])} | {number(c['head_median'])} "
+                f"| {c['ratio']:.3f} | {c['ci_low']:.3f}–{c['ci_high']:.3f} | {c['p_value']:.3g} | {verdict} |"
+            )
+    for title, items in (("Errors", document["errors"]), ("Notes", document["notes"])):
+        if items:
+            lines += ["", f"{title}:", *[f"- {item}" for item in items]]
+    return "\n".join(lines) + "\n"

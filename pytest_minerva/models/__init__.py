@@ -1,0 +1,1 @@
+"""Models: the catalog, resolving a name to files here, fetching from a hub, tiny random models."""

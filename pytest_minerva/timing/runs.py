@@ -1,0 +1,357 @@
+"""Timed runs: one generation timed token by token, and a scenario's warm-up then N timed runs.
+
+Definitions. Every figure is measured on one run; its median, interquartile range,
+standard deviation and run count are reported over the timed runs.
+
+``t_request``
+    ``time.perf_counter()`` just before ``backend.stream(request)`` is called.
+``t_i``
+    the ``time_s`` of the ``i``-th generated :class:`~pytest_minerva.backends.base.TokenEvent`
+    (``i = 0..N-1``), taken by the adapter when the engine handed the token over.
+``N``
+    generated tokens, counted from the engine's token events (never by re-tokenizing
+    text). Every run must produce exactly the scenario's count (EOS is ignored); a run
+    that stops early makes the whole scenario an error, and nothing is averaged.
+TTFT (time to first token)
+    ``t_0 - t_request``: prompt processing (prefill) plus sampling the first token.
+E2E (end to end, ``total_ms``)
+    ``t_{N-1} - t_request``.
+TpT (time per output token after the first)
+    ``(E2E - TTFT) / (N - 1)``, the mean inter-token latency.
+ITL (inter-token latencies)
+    ``t_i - t_{i-1}`` for ``i = 1..N-1``; their median, p90 and p99 are pooled over all
+    timed runs of a scenario and reported separately from TpT.
+Prefill tokens/s
+    ``prompt tokens / TTFT``.
+Decode tokens/s
+    ``(N - 1) / (E2E - TTFT)``.
+Throughput tokens/s
+    ``N / E2E``.
+Model load time
+    wall time of constructing the backend (file to ready-to-generate), taken by
+    :func:`~pytest_minerva.timing.load.load_backend`.
+
+The harness does no work between a token's arrival and the next: it collects the
+stream with ``list()`` and computes everything afterwards. For llama.cpp it also reads
+the engine's own timers for each timed run (``t_p_eval_ms``/``n_p_eval`` for the
+prefill, ``t_eval_ms``/``n_eval`` for the single-token decodes, ``t_sample_ms``) so the
+harness's rates can be checked against them (:mod:`pytest_minerva.timing.fidelity`). Memory
+figures are defined in :mod:`pytest_minerva.timing.memory`, the KV probe in
+:mod:`pytest_minerva.timing.kv`, the roofline in :mod:`pytest_minerva.timing.roofline`.
+"""
+
+from __future__ import annotations
+
+import gc
+import itertools
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+from pytest_minerva.backends.base import Backend, GenerationRequest, PerfCounters
+from pytest_minerva.errors import MinervaError
+from pytest_minerva.stats.summary import Stats
+from pytest_minerva.timing.scenarios import Prompt, Scenario, build_prompt
+
+#: Per-run figures summarised with :class:`Stats`, in milliseconds or tokens per second.
+RUN_METRICS = ("ttft_ms", "tpt_ms", "total_ms", "throughput_tps", "prefill_tps", "decode_tps")
+
+
+class BenchmarkError(MinervaError):
+    """A run did not produce what the scenario asked for; the message says how."""
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One timed run: the request time, each token's id and timestamp, and engine counters."""
+
+    run: int
+    prompt_tokens: int
+    requested_tokens: int
+    request_s: float
+    token_times_s: tuple[float, ...]
+    token_ids: tuple[int, ...]
+    finish_reason: str | None
+    engine: dict[str, Any] | None = None
+
+    @property
+    def generated_tokens(self) -> int:
+        return len(self.token_times_s)
+
+    def problem(self) -> str | None:
+        """Why this run cannot be used (early stop, disordered timestamps), or None."""
+        n = self.generated_tokens
+        if n != self.requested_tokens:
+            return (
+                f"run {self.run} generated {n} of {self.requested_tokens} tokens "
+                f"(finish_reason={self.finish_reason!r}); the backend stopped early instead of ignoring EOS"
+            )
+        if n < 2:
+            return f"run {self.run}: TpT needs at least 2 generated tokens, got {n}"
+        times = (self.request_s, *self.token_times_s)
+        if any(b < a for a, b in itertools.pairwise(times)):
+            return f"run {self.run}: token timestamps go backwards"
+        if not self.token_times_s[0] > self.request_s:
+            return f"run {self.run}: the first token's timestamp is not after the request"
+        if not self.decode_s > 0:
+            return f"run {self.run}: the first and last tokens have the same timestamp"
+        return None
+
+    @property
+    def ttft_s(self) -> float:
+        return self.token_times_s[0] - self.request_s
+
+    @property
+    def e2e_s(self) -> float:
+        return self.token_times_s[-1] - self.request_s
+
+    @property
+    def decode_s(self) -> float:
+        """E2E - TTFT: the time from the first token to the last."""
+        return self.token_times_s[-1] - self.token_times_s[0]
+
+    @property
+    def tpt_s(self) -> float:
+        return self.decode_s / (self.generated_tokens - 1)
+
+    @property
+    def itl_s(self) -> list[float]:
+        t = self.token_times_s
+        return [b - a for a, b in itertools.pairwise(t)]
+
+    @property
+    def prefill_tps(self) -> float:
+        return self.prompt_tokens / self.ttft_s
+
+    @property
+    def decode_tps(self) -> float:
+        return (self.generated_tokens - 1) / self.decode_s
+
+    @property
+    def throughput_tps(self) -> float:
+        return self.generated_tokens / self.e2e_s
+
+    def figures(self) -> dict[str, float]:
+        return {
+            "ttft_ms": self.ttft_s * 1e3,
+            "tpt_ms": self.tpt_s * 1e3,
+            "total_ms": self.e2e_s * 1e3,
+            "throughput_tps": self.throughput_tps,
+            "prefill_tps": self.prefill_tps,
+            "decode_tps": self.decode_tps,
+        }
+
+    def as_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "run": self.run,
+            "prompt_tokens": self.prompt_tokens,
+            "generated_tokens": self.generated_tokens,
+            "finish_reason": self.finish_reason,
+        }
+        if self.problem() is None:
+            data.update(self.figures())
+            data["itl_ms"] = [x * 1e3 for x in self.itl_s]
+        data["engine"] = self.engine
+        return data
+
+
+@dataclass
+class ScenarioResult:
+    """All runs of one scenario on one backend, and their statistics."""
+
+    scenario: Scenario
+    prompt: Prompt | None
+    warmup: int
+    runs: list[RunRecord] = field(default_factory=list)
+    error: str | None = None
+    tokenize_s: Stats | None = None
+    detokenize_s: Stats | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and bool(self.runs)
+
+    def stats(self, metric: str) -> Stats:
+        """Statistics of one of :data:`RUN_METRICS` over the timed runs."""
+        if not self.ok:
+            raise BenchmarkError(f"{self.scenario.name}: no statistics, the scenario failed: {self.error}")
+        return Stats(r.figures()[metric] for r in self.runs)
+
+    def itl_ms(self) -> Stats:
+        """Inter-token latencies of all timed runs, pooled."""
+        if not self.ok:
+            raise BenchmarkError(f"{self.scenario.name}: no statistics, the scenario failed: {self.error}")
+        return Stats(x * 1e3 for r in self.runs for x in r.itl_s)
+
+    def engine_stats(self) -> dict[str, Stats]:
+        """llama.cpp's own per-run prefill / decode / sampling figures, where it reported them."""
+        runs = [r.engine for r in self.runs if r.engine]
+        if not self.ok or len(runs) != len(self.runs):
+            return {}
+        out = {
+            "prefill_ms": Stats(e["t_p_eval_ms"] for e in runs),
+            "decode_ms_per_token": Stats(e["t_eval_ms"] / max(e["n_eval"], 1) for e in runs),
+            "prefill_tps": Stats(e["n_p_eval"] / e["t_p_eval_ms"] * 1e3 for e in runs if e["t_p_eval_ms"] > 0),
+            "decode_tps": Stats(e["n_eval"] / e["t_eval_ms"] * 1e3 for e in runs if e["t_eval_ms"] > 0),
+        }
+        if all("t_sample_ms" in e for e in runs):
+            out["sample_ms_per_token"] = Stats(e["t_sample_ms"] / max(e["n_sample"], 1) for e in runs)
+        return out
+
+    def breakdown(self) -> list[dict[str, Any]]:
+        """Median time of each stage of a run and where the figure comes from."""
+        if not self.ok:
+            return []
+        rows: list[dict[str, Any]] = []
+        if self.tokenize_s is not None:
+            rows.append(_stage("tokenize (prompt text)", self.tokenize_s.median * 1e3, "timed backend.tokenize()"))
+        rows.append(_stage("prefill + first token (TTFT)", self.stats("ttft_ms").median, "token stream"))
+        rows.append(_stage("decode, per token (TpT)", self.stats("tpt_ms").median, "token stream"))
+        engine = self.engine_stats()
+        if engine:
+            rows.append(_stage("prefill (engine)", engine["prefill_ms"].median, "llama.cpp t_p_eval_ms"))
+            rows.append(
+                _stage(
+                    "decode forward, per token (engine)",
+                    engine["decode_ms_per_token"].median,
+                    "llama.cpp t_eval_ms",
+                )
+            )
+            if "sample_ms_per_token" in engine:
+                rows.append(
+                    _stage(
+                        "sampling, per token (engine)",
+                        engine["sample_ms_per_token"].median,
+                        "llama.cpp t_sample_ms",
+                    )
+                )
+        if self.detokenize_s is not None:
+            rows.append(
+                _stage("detokenize (generated ids)", self.detokenize_s.median * 1e3, "timed backend.detokenize()")
+            )
+        return rows
+
+    def as_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "scenario": self.scenario.name,
+            "prompt_tokens": self.scenario.prompt_tokens,
+            "generate_tokens": self.scenario.generate_tokens,
+            "prompt_file": self.scenario.prompt_file,
+            "prompt_repeats": self.prompt.repeats if self.prompt else None,
+            "warmup": self.warmup,
+            "error": self.error,
+            "stats": {},
+            "itl_ms": None,
+            "engine_stats": {},
+            "breakdown": self.breakdown(),
+            "runs": [r.as_dict() for r in self.runs],
+        }
+        if self.ok:
+            data["stats"] = {m: self.stats(m).as_dict() for m in RUN_METRICS}
+            data["itl_ms"] = self.itl_ms().as_dict()
+            data["engine_stats"] = {k: v.as_dict() for k, v in self.engine_stats().items()}
+        if self.tokenize_s is not None:
+            data["tokenize_ms"] = Stats(x * 1e3 for x in self.tokenize_s.data).as_dict()
+        if self.detokenize_s is not None:
+            data["detokenize_ms"] = Stats(x * 1e3 for x in self.detokenize_s.data).as_dict()
+        return data
+
+
+def _stage(name: str, median_ms: float, source: str) -> dict[str, Any]:
+    return {"operation": name, "median_ms": median_ms, "source": source}
+
+
+def _engine_counters(backend: Backend) -> Callable[[], dict[str, Any]] | None:
+    return backend.perf_counters if isinstance(backend, PerfCounters) else None
+
+
+def _reset_engine_counters(backend: Backend) -> None:
+    if isinstance(backend, PerfCounters):
+        backend.reset_perf_counters()
+
+
+def timed_run(backend: Backend, prompt_ids: Sequence[int], max_tokens: int, run: int = 1) -> RunRecord:
+    """Generate ``max_tokens`` tokens once and record the request time and every token event."""
+    request = GenerationRequest(tuple(prompt_ids), max_tokens, temperature=0.0, ignore_eos=True)
+    counters = _engine_counters(backend)
+    gc.collect()
+    if counters is not None:
+        _reset_engine_counters(backend)
+    request_s = time.perf_counter()
+    events = list(backend.stream(request))
+    engine = counters() if counters is not None else None
+    return RunRecord(
+        run=run,
+        prompt_tokens=len(prompt_ids),
+        requested_tokens=max_tokens,
+        request_s=request_s,
+        token_times_s=tuple(e.time_s for e in events),
+        token_ids=tuple(e.token for e in events),
+        finish_reason=events[-1].finish_reason if events else None,
+        engine=engine,
+    )
+
+
+def _seconds(call: Callable[[], object]) -> float:
+    t0 = time.perf_counter()
+    call()
+    return time.perf_counter() - t0
+
+
+def run_scenario(
+    backend: Backend,
+    scenario: Scenario,
+    *,
+    runs: int = 5,
+    warmup: int = 1,
+    on_run: Callable[[], None] | None = None,
+) -> ScenarioResult:
+    """Warm up, then time ``runs`` generations of ``scenario``; failures land in ``.error``.
+
+    ``on_run`` is called after each warm-up and timed run (a progress bar), never
+    while a run is being timed.
+    """
+    if runs < 1 or warmup < 0:
+        raise MinervaError(f"runs must be at least 1 and warmup at least 0, got runs={runs}, warmup={warmup}")
+    if scenario.generate_tokens < 2:
+        raise MinervaError(f"{scenario.name}: TpT needs at least 2 generated tokens")
+    try:
+        prompt = build_prompt(backend, scenario)
+    except MinervaError as exc:
+        return ScenarioResult(scenario, None, warmup, error=str(exc))
+    result = ScenarioResult(scenario, prompt, warmup)
+    try:
+        result.tokenize_s = Stats(_seconds(lambda: backend.tokenize(prompt.text)) for _ in range(runs))
+        for i in range(warmup):
+            record = timed_run(backend, prompt.ids, scenario.generate_tokens, run=i + 1)
+            if on_run is not None:
+                on_run()
+            problem = record.problem()
+            if problem:
+                result.error = f"warm-up {problem}"
+                return result
+        for i in range(runs):
+            record = timed_run(backend, prompt.ids, scenario.generate_tokens, run=i + 1)
+            result.runs.append(record)
+            if on_run is not None:
+                on_run()
+            problem = record.problem()
+            if problem:
+                result.error = problem
+                return result
+        result.detokenize_s = Stats(_seconds(partial(backend.detokenize, r.token_ids)) for r in result.runs)
+    except MinervaError as exc:
+        result.error = str(exc)
+    return result
+
+
+__all__ = [
+    "RUN_METRICS",
+    "BenchmarkError",
+    "RunRecord",
+    "ScenarioResult",
+    "run_scenario",
+    "timed_run",
+]

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# The asv regression gate: exit 1 when HEAD is slower than BASE in TTFT, TpT or peak memory.
+#
+#   tools/asv_gate.sh [BASE [HEAD]]        (default: main HEAD)
+#
+# asv builds each commit into a virtualenv under .asv/env (the first run creates it,
+# reusing pip's cached llama-cpp-python wheel), then runs the two commits in
+# interleaved rounds (BASE HEAD HEAD BASE BASE HEAD ...), each a fresh process that
+# loads the model and times a few runs, so load drift on a shared runner hits both
+# alike. A benchmark is flagged only when asv's Mann-Whitney test on the per-run
+# samples finds the commits differ (p < 0.002) and the medians differ by more than the
+# factor. Only lower-is-better results gate: asv would call a faster tokens/s "worse".
+#
+# Environment: MINERVA_ASV_ROUNDS (rounds per commit, default 6), MINERVA_ASV_RUNS
+# (timed runs per round, default 2), MINERVA_ASV_FACTOR (default 1.1),
+# MINERVA_ASV_BACKENDS (default llama_cpp, the one engine asv.conf.json installs),
+# MINERVA_ASV_MODELS / _SCENARIOS (benchmarks/common.py), ASV (default asv).
+#
+# Exit status: 0 no regression; 1 a regression, or a benchmark that passes on BASE and
+# fails on HEAD; 2 bad arguments; 3 asv itself failed, or a benchmark failed on both
+# commits or on BASE only (asv exits 1 or 0 for those, which would read as a verdict).
+set -uo pipefail
+cd "$(dirname "$0")/.." || exit 3
+
+if [ $# -gt 2 ]; then
+  echo "usage: tools/asv_gate.sh [BASE [HEAD]]" >&2
+  exit 2
+fi
+base="${1:-main}"
+head="${2:-HEAD}"
+asv="${ASV:-asv}"
+export MINERVA_ASV_RUNS="${MINERVA_ASV_RUNS:-2}"
+export MINERVA_ASV_BACKENDS="${MINERVA_ASV_BACKENDS:-llama_cpp}"
+
+# asv asks interactively about a machine it has not seen; take the detected values.
+if [ ! -f "$HOME/.asv-machine.json" ]; then
+  $asv machine --yes >/dev/null || exit 3
+fi
+
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
+$asv continuous --interleave-rounds --attribute "rounds=${MINERVA_ASV_ROUNDS:-6}" \
+  --factor "${MINERVA_ASV_FACTOR:-1.1}" --bench 'track_(ttft|tpot)_ms|peakmem_' --show-stderr \
+  "$base" "$head" 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+
+if [ "$status" -eq 1 ] && grep -q "PERFORMANCE DECREASED" "$log"; then
+  exit 1
+fi
+if [ "$status" -ne 0 ] || ! grep -q "BENCHMARKS NOT SIGNIFICANTLY CHANGED\|PERFORMANCE INCREASED" "$log"; then
+  echo "asv_gate: asv continuous failed (exit $status) before it could compare $base and $head" >&2
+  exit 3
+fi
+if grep -Eq "failed\)?\s*$" "$log"; then
+  echo "asv_gate: some benchmarks failed without HEAD newly failing them (see above); nothing to compare there" >&2
+  exit 3
+fi
+exit 0
