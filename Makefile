@@ -15,7 +15,7 @@ main:
 	$(BIN)/python -m pytest -m gguf --model smollm2-135m
 
 lint:
-	$(BIN)/ruff check pytest_minerva tests suites benchmarks tools
+	$(BIN)/ruff check pytest_minerva tests benchmarks tools examples
 	$(BIN)/mypy
 
 test:

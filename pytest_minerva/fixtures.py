@@ -8,6 +8,11 @@
 
 Missing models, devices and libraries skip with a reason; a corrupt file fails with the
 file's name and the problem.
+
+The plugin is dormant until it is used: this module imports nothing heavy, and the run's
+session is built by :func:`get_session` the first time a minerva option, a test using one of
+these fixtures, or a plugin asks for it. A project's own fixture of the same name wins: the
+matrix parametrizes only the fixtures defined here.
 """
 
 from __future__ import annotations
@@ -15,18 +20,26 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pytest_minerva.backends.base import Backend
 from pytest_minerva.errors import ArtifactMissing, BackendUnavailable, MinervaError
 from pytest_minerva.markers import matrix_filter
-from pytest_minerva.matrix import Case, Pair
-from pytest_minerva.models.resolve import ResolvedArtifact
-from pytest_minerva.options import Settings
-from pytest_minerva.serving.server import LlamaCppServer, serve_gguf, server_unavailable_reason
-from pytest_minerva.session import SESSION_KEY, MinervaSession, build_session
+
+if TYPE_CHECKING:
+    from pytest_minerva.backends.base import Backend
+    from pytest_minerva.matrix import Case, Pair
+    from pytest_minerva.models.resolve import ResolvedArtifact
+    from pytest_minerva.serving.server import LlamaCppServer
+    from pytest_minerva.session import MinervaSession
+
+#: Where the run's session lives once it is built.
+SESSION_KEY = pytest.StashKey["MinervaSession"]()
+#: The short option names (``--model``, ...) the user's conftest or another plugin kept.
+SHORT_FORMS_TAKEN_KEY = pytest.StashKey[list[str]]()
+#: The names of the fixtures this module defines, which the matrix parametrizes.
+MATRIX_FIXTURES = ("backend", "backend_pair", "model_artifact", "gguf_model", "safetensors_model", "mlx_model")
 
 __all__ = [
     "LoadedPair",
@@ -74,12 +87,47 @@ class LoadedPair:
 
 
 def get_session(config: pytest.Config) -> MinervaSession:
+    """The run's session, built on first use: the ``pytest_minerva`` entry points are loaded,
+    the settings read (command line over ini over defaults) and the matrix's markers registered."""
+    found = config.stash.get(SESSION_KEY, None)
+    if found is not None:
+        return found
+    if not config.pluginmanager.has_plugin("minerva-fixtures"):
+        raise pytest.UsageError("pytest-minerva is not configured (was the plugin disabled with -p no:minerva?)")
+    from pytest_minerva import markers
+    from pytest_minerva.hookspecs import ENTRY_POINT_GROUP
+    from pytest_minerva.options import Settings
+    from pytest_minerva.session import build_session
+
+    config.pluginmanager.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
     try:
-        return config.stash[SESSION_KEY]
-    except KeyError:
-        raise pytest.UsageError(
-            "pytest-minerva is not configured (was the plugin disabled with -p no:minerva?)"
-        ) from None
+        session = build_session(Settings.from_config(config), config.hook, config=config)
+    except MinervaError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    config.stash[SESSION_KEY] = session
+    markers.register_case_markers(config, session.registry)
+    return session
+
+
+def active_session(config: pytest.Config) -> MinervaSession | None:
+    """The session if the plugin has started work in this run, else None (dormant)."""
+    return config.stash.get(SESSION_KEY, None)
+
+
+def owns_fixture(definition: Any, name: str) -> bool:
+    """Whether the fixture ``name`` that this test gets is the one defined here (a project's own
+    fixture of the same name, in a conftest or the test module, overrides ours)."""
+    info = getattr(definition, "_fixtureinfo", None)
+    defs = info.name2fixturedefs.get(name) if info is not None else None
+    if not defs:
+        return False
+    return getattr(defs[-1].func, "__module__", None) == __name__
+
+
+def uses_plugin(item: pytest.Item) -> bool:
+    """Whether ``item`` was parametrized by the matrix or uses one of this module's fixtures."""
+    names = getattr(item, "fixturenames", ())
+    return any(owns_fixture(item, name) for name in names if name in _OUR_FIXTURES)
 
 
 def _skip_param(reason: str) -> Any:
@@ -88,7 +136,8 @@ def _skip_param(reason: str) -> Any:
 
 def parametrize(metafunc: pytest.Metafunc) -> None:
     """Parametrize the matrix fixtures a test function asks for."""
-    wanted = set(metafunc.fixturenames)
+    wanted = {name for name in metafunc.fixturenames if name in MATRIX_FIXTURES}
+    wanted = {name for name in wanted if owns_fixture(metafunc.definition, name)}
     for mark in metafunc.definition.iter_markers("parametrize"):
         # A test that parametrizes one of these names itself keeps its own values.
         names = mark.args[0] if mark.args else mark.kwargs.get("argnames", ())
@@ -231,6 +280,9 @@ def default_gguf(session: MinervaSession | None = None) -> Path:
     """The GGUF of the session's first model that has one (the catalog's default models
     without a session), resolved and checked like every other artifact."""
     if session is None:
+        from pytest_minerva.options import Settings
+        from pytest_minerva.session import build_session
+
         session = build_session(Settings())
     for model in session.models:
         for spec in model.artifacts:
@@ -243,12 +295,18 @@ def default_gguf(session: MinervaSession | None = None) -> Path:
 def minerva_llama_server(request: pytest.FixtureRequest) -> Iterator[LlamaCppServer]:
     """``llama_cpp.server`` on a free loopback port with one thread, serving the run's first
     GGUF model; stopped even when tests fail."""
+    from pytest_minerva.serving.server import serve_gguf, server_unavailable_reason
+
     reason = server_unavailable_reason()
     if reason:
         pytest.skip(reason)
     try:
-        path = default_gguf(request.config.stash.get(SESSION_KEY, None))
+        path = default_gguf(get_session(request.config))
     except MinervaError as exc:
         pytest.skip(str(exc))
     with serve_gguf(path, threads=1, n_ctx=2048) as server:
         yield server
+
+
+#: Every fixture this module defines (what :func:`uses_plugin` looks for).
+_OUR_FIXTURES = (*MATRIX_FIXTURES, "minerva_session", "minerva_llama_server")

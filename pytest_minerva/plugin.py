@@ -1,7 +1,11 @@
 """pytest entry point: hook implementations and option registration only.
 
-The logic lives in the modules these hooks call: options, markers, session,
-fixtures, matrix, resolve, backends, equivalence.
+The plugin loads into every pytest run of the environment it is installed in, so it stays
+dormant until it is used: it registers its ``--minerva-…`` options, the short forms the user
+has not taken, and the ``minerva`` marker, and does nothing else (no hardware probe, no
+header, no marker effects) unless the run names a minerva option or collects a test that
+uses one of its fixtures. The logic lives in the modules these hooks call: options,
+markers, fixtures (which builds the session), matrix, session.
 """
 
 from __future__ import annotations
@@ -12,9 +16,7 @@ import pytest
 
 from pytest_minerva import fixtures as _fixtures
 from pytest_minerva import hookspecs, markers, options
-from pytest_minerva.errors import LogitsUnavailable, MinervaError
-from pytest_minerva.hookspecs import ENTRY_POINT_GROUP
-from pytest_minerva.session import SESSION_KEY, build_session
+from pytest_minerva.errors import LogitsUnavailable
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
@@ -25,28 +27,35 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     options.register(parser)
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Parser) -> Generator[None, None, None]:
+    """After the user's conftests have added their options: the short forms that are free."""
+    yield
+    early_config.stash[_fixtures.SHORT_FORMS_TAKEN_KEY] = options.add_short_forms(parser)
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_configure(config: pytest.Config) -> None:
-    config.pluginmanager.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
     config.pluginmanager.register(_fixtures, "minerva-fixtures")
-    settings = options.Settings.from_config(config)
-    try:
-        session = build_session(settings, config.hook, config=config)
-    except MinervaError as exc:
-        raise pytest.UsageError(str(exc)) from None
-    config.stash[SESSION_KEY] = session
-    markers.register(config, session.registry)
+    markers.register_namespace(config)
+    if options.explicitly_configured(config):
+        _fixtures.get_session(config)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    session = config.stash.get(SESSION_KEY, None)
+    session = _fixtures.active_session(config)
     if session is not None:
         session.close()
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
-    session = config.stash.get(SESSION_KEY, None)
-    return session.report_header() if session is not None else []
+    session = _fixtures.active_session(config)
+    if session is None:
+        return []
+    lines = session.report_header()
+    for short in config.stash.get(_fixtures.SHORT_FORMS_TAKEN_KEY, []):
+        lines.append(f"minerva: --{short} is defined by your conftest or another plugin; ours is --minerva-{short}")
+    return lines
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -54,15 +63,13 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    markexpr = str(config.getoption("markexpr", "") or "")
-    for item in items:
-        opt_in = markers.opt_in_skip_reason(item, markexpr)
-        if opt_in:
-            item.add_marker(pytest.mark.skip(reason=opt_in))
-    session = config.stash.get(SESSION_KEY, None)
+    """Device markers this machine cannot honour skip, on the tests the plugin serves only."""
+    session = _fixtures.active_session(config)
     if session is None:
         return
     for item in items:
+        if not _fixtures.uses_plugin(item):
+            continue
         reason = markers.hardware_skip_reason(item, session.hardware)
         if reason:
             item.add_marker(pytest.mark.skip(reason=reason))
@@ -78,7 +85,7 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, object, object]:
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
-    session = config.stash.get(SESSION_KEY, None)
+    session = _fixtures.active_session(config)
     if session is None:
         return
     if session.pool.crashes or session.in_process:

@@ -1,7 +1,7 @@
 """Per-run state: catalog, backends, resolver, selected matrix, and loaded backends.
 
 :func:`build_session` is the one way to make a :class:`MinervaSession`: the pytest plugin
-calls it with pytest's hook relay (one lives in ``config.stash[SESSION_KEY]``); the
+calls it with pytest's hook relay (``pytest_minerva.fixtures.get_session`` keeps it); the
 ``minerva`` command line, the asv suite and the tools call it without one and get the relay
 of :func:`pytest_minerva.hookspecs.hook_relay`, so a backend or model that an installed
 package registers by entry point is seen everywhere.
@@ -42,7 +42,6 @@ from pytest_minerva.models.local import select_models
 from pytest_minerva.models.resolve import ResolvedArtifact, Resolver
 from pytest_minerva.options import Settings
 
-SESSION_KEY = pytest.StashKey["MinervaSession"]()
 MAX_LOADED_BACKENDS = 4
 
 

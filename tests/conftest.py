@@ -20,6 +20,20 @@ if "MINERVA_CACHE_DIR" not in os.environ:
     os.environ["MINERVA_CACHE_DIR"] = str(default_cache_dir())
 
 
+#: Markers whose tests run only when the ``-m`` expression names them (long runs).
+OPT_IN_MARKERS = ("fuzz", "asv")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """This repository's convention for its own tests: ``fuzz`` and ``asv`` tests run only when
+    ``-m`` names them. (The plugin takes neither name from other projects.)"""
+    markexpr = str(config.getoption("markexpr", "") or "")
+    for item in items:
+        for name in OPT_IN_MARKERS:
+            if item.get_closest_marker(name) is not None and name not in markexpr:
+                item.add_marker(pytest.mark.skip(reason=f"'{name}' tests run only when selected: add -m {name}"))
+
+
 @pytest.fixture(scope="session")
 def tiny_gguf() -> Path:
     """The seeded tiny-random-llama F32 GGUF (generated on first use), for tests that run llama.cpp."""

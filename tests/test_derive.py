@@ -552,3 +552,26 @@ def test_gemma3_mlx_differs_from_transformers_only_by_its_bf16_embedding_scale(
     # if this fails while the bound above holds, mlx-lm changed how it scales embeddings.
     assert rounded["max_abs"] < 1e-3, rounded
     assert rounded["kl_max"] < 1e-7, rounded
+
+
+@pytest.mark.parametrize(
+    ("module", "missing", "extra"),
+    [
+        ("pytest_minerva.derive.safetensors_to_mlx", "mlx_lm", "mlx"),
+        ("pytest_minerva.derive.gguf_to_safetensors", "transformers", "transformers"),
+    ],
+)
+def test_a_converter_without_its_libraries_says_which_extra_to_install(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, module: str, missing: str, extra: str
+) -> None:
+    """A fresh machine without the extra gets a skip-able ArtifactMissing, not an ImportError."""
+    import importlib
+    import importlib.util
+
+    from pytest_minerva.errors import ArtifactMissing
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == missing else real(name, *a))
+    converter = importlib.import_module(module)
+    with pytest.raises(ArtifactMissing, match=rf"needs {missing}.*pip install 'pytest-minerva\[{extra}\]'"):
+        converter.derive(object(), tmp_path)  # type: ignore[arg-type]

@@ -314,7 +314,7 @@ def test_the_suite_fails_a_derived_tokenizer_without_the_digit_rule(tmp_path: Pa
     pytest.importorskip("llama_cpp")
     pytest.importorskip("transformers")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), str(REPO)])}
-    test = str(REPO / "suites" / "test_tokenizer.py") + "::test_tokenizers_split_the_hard_cases_alike"
+    test = f"{REPO / 'pytest_minerva' / 'suites' / 'test_tokenizer.py'}::test_tokenizers_split_the_hard_cases_alike"
     command = [sys.executable, "-m", "pytest", test, "-p", "broken_tokenizer", "--model", "smollm2-135m"]
     for backend in ("llama_cpp", "transformers", "digits_removed"):
         command += ["--backend", backend]

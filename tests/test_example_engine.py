@@ -1,11 +1,12 @@
 """A third-party backend registered by entry point appears everywhere: ``minerva bench``, asv, pytest.
 
-``tests/support/minerva_example_engine`` is a real little package: its ``pytest_minerva`` entry
+``examples/minerva_example_engine`` is a real little package: its ``pytest_minerva`` entry
 point registers the ``example_llama`` backend (llama.cpp through llama-cpp-python, by subclassing
 pytest-minerva's own adapter), adds a machine fact and edits every results document. It is
 installed with pip into a temporary directory, and everything runs in subprocesses with that
 directory on ``PYTHONPATH``, the way a user's environment would hold it. Every figure checked
-here comes from llama.cpp running the seeded tiny-random-llama model.
+here comes from llama.cpp running the seeded tiny-random-llama model. ``test_engine_team_path.py``
+runs the same package the way an engine team's CI would: wheels, a fresh venv, no checkout.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-PACKAGE_SOURCE = REPO / "tests" / "support" / "minerva_example_engine"
+PACKAGE_SOURCE = REPO / "examples" / "minerva_example_engine"
 DISTRIBUTION = "minerva-example-engine"
 BACKEND = "example_llama"
 MODEL = "tiny-random-llama"

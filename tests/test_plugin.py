@@ -44,10 +44,22 @@ def test_help_section_is_pinned(pytester: pytest.Pytester, monkeypatch: pytest.M
     assert section == golden.read_text(encoding="utf-8"), "update fixtures/golden/help.txt if this change is intended"
 
 
-def test_markers_are_registered(pytester: pytest.Pytester) -> None:
-    result = pytester.runpytest("--markers")
-    for name in ("gguf", "safetensors", "mlx", "llama_cpp", "transformers", "mlx_lm", "cpu", "cuda", "metal", "slow"):
+def test_markers_are_registered_once_the_plugin_is_used(pytester: pytest.Pytester) -> None:
+    result = pytester.runpytest("--markers", "--model", "smollm2-135m")
+    for name in (
+        "minerva",
+        "gguf",
+        "safetensors",
+        "mlx",
+        "llama_cpp",
+        "transformers",
+        "mlx_lm",
+        "cpu",
+        "cuda",
+        "metal",
+    ):
         result.stdout.fnmatch_lines([f"@pytest.mark.{name}:*"])
+    assert "@pytest.mark.slow:" not in result.stdout.str()  # this repository's own marker, not the plugin's
 
 
 def test_ids_read_model_format_backend_device(isolated: pytest.Pytester) -> None:
@@ -111,13 +123,16 @@ def test_absent_device_skips_with_the_probe_result(isolated: pytest.Pytester, mo
     result.stdout.fnmatch_lines(["SKIPPED [[]1] test_absent_device*: cuda marker: requires a CUDA device; none found*"])
 
 
-def test_hardware_marker_on_a_plain_test_skips(isolated: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_hardware_marker_skips_only_the_tests_the_plugin_serves(
+    isolated: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("MINERVA_HIDE_CUDA", "1")
     isolated.makepyfile(
-        "import pytest\n@pytest.mark.cuda\ndef test_gpu():\n    raise AssertionError('must not run')\n"
-        "@pytest.mark.cpu\ndef test_cpu():\n    pass\n"
+        "import pytest\n@pytest.mark.cuda\ndef test_users_own_gpu_test():\n    pass\n"
+        "@pytest.mark.cuda\ndef test_on_the_plugins_session(minerva_session):\n"
+        "    raise AssertionError('must not run')\n"
     )
-    result = isolated.runpytest("-rs")
+    result = isolated.runpytest("-rs", "--model", "smollm2-135m")
     result.assert_outcomes(passed=1, skipped=1)
     result.stdout.fnmatch_lines(["SKIPPED *cuda marker: requires a CUDA device; none found*"])
 

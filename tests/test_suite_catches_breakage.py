@@ -21,8 +21,8 @@ pytest.importorskip("transformers")
 REPO = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
 SUITE_TESTS = [
-    str(REPO / "suites" / "test_equivalence.py") + "::test_logits_agree",
-    str(REPO / "suites" / "test_knowledge.py"),
+    str(REPO / "pytest_minerva" / "suites" / "test_equivalence.py") + "::test_logits_agree",
+    str(REPO / "pytest_minerva" / "suites" / "test_knowledge.py"),
 ]
 BROKEN = {
     # backend: does the knowledge check fail too? (RoPE theta off by 10x still answers " Paris":
@@ -36,7 +36,7 @@ BROKEN = {
 
 @pytest.fixture(autouse=True)
 def importable(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Subprocesses import ``broken_backends`` (tests/) and ``suites`` (the repo root)."""
+    """Subprocesses import ``broken_backends`` (tests/); the suite is ``pytest_minerva.suites``."""
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(TESTS), str(REPO)]))
 
 
@@ -92,8 +92,8 @@ def test_a_correct_third_party_backend_passes(pytester: pytest.Pytester) -> None
     )
     pytester.makepyfile(
         test_mine="""
-        from suites.test_equivalence import test_logits_agree
-        from suites.test_knowledge import test_model_completes_known_facts
+        from pytest_minerva.suites.test_equivalence import test_logits_agree
+        from pytest_minerva.suites.test_knowledge import test_model_completes_known_facts
         """
     )
     result = pytester.runpytest_subprocess(

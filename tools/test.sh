@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The README's test command: lint, type-check, then every test (plugin tests and suites).
+# The README's test command: lint, type-check, then every test (plugin tests and pytest_minerva/suites).
 #   tools/test.sh [VENV] [extra pytest args...]
 set -uo pipefail
 venv="${1:-.venv}"
@@ -7,7 +7,7 @@ shift || true
 cd "$(dirname "$0")/.."
 bin="$venv/bin"
 
-"$bin/ruff" check pytest_minerva tests suites benchmarks tools || exit 1
+"$bin/ruff" check pytest_minerva tests benchmarks tools examples || exit 1
 "$bin/mypy" || exit 1
 
 "$bin/python" -m pytest "$@"

@@ -1,4 +1,5 @@
-"""Helpers both derivers use: probe strings, tool versions for a manifest, reading JSON, an error's first line."""
+"""Helpers both derivers use: probe strings, tool versions for a manifest, reading JSON, an error's
+first line, and the check that a converter's libraries are installed."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pytest_minerva.errors import FormatError
+from pytest_minerva.errors import ArtifactMissing, FormatError
 
 #: Strings whose token ids must survive every conversion unchanged (also in the tokenizer corpus).
 TOKENIZER_PROBES = (
@@ -47,3 +48,15 @@ def first_line(exc: BaseException) -> str:
     """The first line of an exception's message (its type's name when it has none), for a one-line error."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def require_modules(what: str, modules: tuple[str, ...], extra: str) -> None:
+    """Raise :class:`~pytest_minerva.errors.ArtifactMissing` (a skip, in the suite) naming the
+    extra to install when a converter's libraries are not importable here."""
+    import importlib.util
+
+    missing = [name for name in modules if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ArtifactMissing(
+            f"{what} needs {', '.join(missing)}, which is not installed: pip install 'pytest-minerva[{extra}]'"
+        )

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pytest_minerva.derive.common import first_line, read_json, tool_versions
+from pytest_minerva.derive.common import first_line, read_json, require_modules, tool_versions
 from pytest_minerva.derive.facts import (
     compare_facts,
     gguf_declared_config,
@@ -371,6 +371,7 @@ def derive(source: ResolvedArtifact, dest: Path) -> dict[str, Any]:
     and the checks that passed. Raises :class:`FormatError` naming the GGUF when
     transformers cannot load it or the result disagrees with it.
     """
+    require_modules("deriving SafeTensors from a GGUF", ("torch", "transformers"), "transformers")
     started = time.perf_counter()
     gguf_path = Path(source.path)
     if not gguf_path.is_file():

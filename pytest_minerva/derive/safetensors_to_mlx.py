@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-from pytest_minerva.derive.common import TOKENIZER_PROBES, first_line, read_json, tool_versions
+from pytest_minerva.derive.common import TOKENIZER_PROBES, first_line, read_json, require_modules, tool_versions
 from pytest_minerva.derive.facts import Declared, compare_facts, legacy_config_keys, transformers_config_facts
 from pytest_minerva.equivalence.tokenizer_corpus import CORPUS_FILE, compare_on_corpus, corpus_sha256, load_corpus
 from pytest_minerva.errors import FormatError, MinervaError
@@ -259,6 +259,7 @@ def derive(source: ResolvedArtifact, dest: Path) -> dict[str, Any]:
     added for mlx-lm and the checks that passed. Raises :class:`FormatError` naming
     the source directory when mlx-lm cannot convert it or the result disagrees with it.
     """
+    require_modules("deriving MLX from SafeTensors", ("mlx", "mlx_lm"), "mlx")
     started = time.perf_counter()
     hf_dir, dest = Path(source.path), Path(dest)
     if not (hf_dir / "config.json").is_file() or not any(hf_dir.glob("*.safetensors")):

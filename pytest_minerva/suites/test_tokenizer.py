@@ -9,8 +9,8 @@ variants).
 - The committed corpus (``fixtures/tokenizer_corpus.json``) runs in full every time: whitespace
   runs before digits, numbers, indentation, CRLF, scripts, emoji, special-token syntax as text,
   long words, the empty string.
-- Hypothesis explores generated text; it is derandomized under the default ``ci`` profile, and
-  every difference found so far is an explicit ``@example``.
+- Hypothesis explores generated text (:mod:`pytest_minerva.suites.test_tokenizer_generated`,
+  which needs ``pytest-minerva[suite]``).
 
 A tokenizer recorded in ``fixtures/tokenizer_divergences.toml`` (an engine's own bug) is a
 strict xfail.
@@ -19,8 +19,6 @@ strict xfail.
 from __future__ import annotations
 
 import pytest
-from hypothesis import HealthCheck, example, given, settings
-from hypothesis import strategies as st
 
 from pytest_minerva.equivalence.tokenizer_corpus import (
     CorpusCase,
@@ -29,20 +27,7 @@ from pytest_minerva.equivalence.tokenizer_corpus import (
     load_corpus,
 )
 from pytest_minerva.fixtures import LoadedPair
-from suites.conftest import mark_tokenizer_divergence
-
-TEXT = st.one_of(
-    st.just(""),
-    st.text(max_size=80),
-    st.text(alphabet=st.characters(codec="utf-8", categories=["L", "N", "P", "Zs"]), max_size=120),
-    st.text(alphabet=" \t\n", min_size=1, max_size=12),
-    st.lists(st.sampled_from(["the", " cat", "\n", "  ", "日本", "é", "🙂", "123", "def", "(", ")"]), max_size=60).map(
-        "".join
-    ),
-    st.lists(st.sampled_from([" ", "  ", "\t", "\n", "\r\n", "0", "7", "42", "x", "=", "▁", "</s>"]), max_size=20).map(
-        "".join
-    ),
-)
+from pytest_minerva.suites.support import mark_tokenizer_divergence
 
 
 @pytest.fixture
@@ -51,7 +36,7 @@ def known_tokenizer_divergence(request: pytest.FixtureRequest, backend_pair: Loa
     mark_tokenizer_divergence(request, backend_pair.pair)
 
 
-def _names(pair: LoadedPair) -> tuple[str, str]:
+def pair_names(pair: LoadedPair) -> tuple[str, str]:
     return pair.pair.reference.id, pair.pair.candidate.id
 
 
@@ -60,27 +45,7 @@ def _names(pair: LoadedPair) -> tuple[str, str]:
 def test_tokenizers_split_the_hard_cases_alike(backend_pair: LoadedPair) -> None:
     cases = load_corpus()
     mismatches = compare_on_corpus(backend_pair.reference, backend_pair.candidate, cases)
-    assert not mismatches, describe_mismatches(mismatches, len(cases), *_names(backend_pair))
-
-
-@pytest.mark.minerva(pairs=["tokenizer"])
-@pytest.mark.usefixtures("known_tokenizer_divergence")
-@settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(text=TEXT)
-# Differences found so far (issue 12 and the corpus runs); each stays an example for good.
-@example(text="  0")
-@example(text="a  1")
-@example(text="x 12")
-@example(text="   ")
-@example(text="\n  3")
-@example(text=" \r\n 1")
-@example(text="    if a:\n        b()\n")
-@example(text=" " * 40)
-@example(text="</s>")
-@example(text="\u2581\u2581 x")
-def test_tokenizers_split_generated_text_alike(backend_pair: LoadedPair, text: str) -> None:
-    mismatches = compare_on_corpus(backend_pair.reference, backend_pair.candidate, [CorpusCase(text, "generated")])
-    assert not mismatches, describe_mismatches(mismatches, 1, *_names(backend_pair))
+    assert not mismatches, describe_mismatches(mismatches, len(cases), *pair_names(backend_pair))
 
 
 @pytest.mark.minerva(pairs=["tokenizer"])
@@ -91,4 +56,4 @@ def test_tokenizers_split_a_long_text_alike(backend_pair: LoadedPair) -> None:
     assert len(backend_pair.reference.tokenize(text)) > 1000
     case = CorpusCase(text, "prompts/long.txt three times")
     mismatches = compare_on_corpus(backend_pair.reference, backend_pair.candidate, [case])
-    assert not mismatches, describe_mismatches(mismatches, 1, *_names(backend_pair))
+    assert not mismatches, describe_mismatches(mismatches, 1, *pair_names(backend_pair))

@@ -12,6 +12,7 @@ import pytest
 from pytest_minerva.backends.base import Backend, GenerationRequest
 from pytest_minerva.equivalence import compare_logits
 from pytest_minerva.equivalence.runner import greedy, prompts
+from pytest_minerva.suites.support import kv_cache_bounds
 from pytest_minerva.timing.scenarios import prompt_text
 
 ROUNDTRIP_TEXTS = (
@@ -19,25 +20,6 @@ ROUNDTRIP_TEXTS = (
     "def main():\n    print('hello, world')\n",
     "Numbers 3.14159 and 2026-11-22, symbols #@!$%",
 )
-
-#: KV-cache consistency bounds per backend: the largest logit difference between decoding
-#: one token at a time and one full forward pass, and the least top-1 agreement.
-#: Measured with ``pytest suites -k kv_cache -s`` (the test prints both figures), 2026-11-22:
-#:   llama_cpp     SmolLM2 Q4_1: max |dlogit| 1.35, top-1 0.969; Gemma 3 Q4_K_M: max |dlogit| 2.54,
-#:                 top-1 0.938;
-#:                 tiny-random F32/F16/Q8_0/Q4_x: <= 0.0064, top-1 1.0. Without flash
-#:                 attention the batched pass and the single-token steps take different
-#:                 kernels (Q8 activations, F16 KV cache); with flash_attn=True they are identical.
-#:   transformers  max |dlogit| <= 8.8e-5 (Gemma), <= 6.1e-5 (SmolLM2, tiny), top-1 1.0
-#:   mlx_lm        max |dlogit| 0, top-1 1.0
-#: Bounds are about twice the worst measurement. A broken cache (stale positions, a wrong RoPE
-#: offset) moves logits by whole units at most positions and changes the argmax.
-KV_CACHE_BOUNDS = {
-    "llama_cpp": {"max_dlogit": 5.0, "top1_agreement": 0.85},
-    "transformers": {"max_dlogit": 2e-4, "top1_agreement": 1.0},
-    "mlx_lm": {"max_dlogit": 2e-4, "top1_agreement": 1.0},
-}
-DEFAULT_KV_BOUNDS = {"max_dlogit": 1e-3, "top1_agreement": 1.0}
 
 
 def test_tokenizer_roundtrip(backend: Backend) -> None:
@@ -106,14 +88,14 @@ def test_kv_cache_matches_full_forward(backend: Backend) -> None:
     steps = backend.incremental_logits(prompt.ids, prefix)
     report = compare_logits(full[prefix:], steps[prefix:])
     dlogit, top1 = report.metric_value("max_dlogit"), report.metric_value("top1_agreement")
-    bounds = KV_CACHE_BOUNDS.get(backend.name, DEFAULT_KV_BOUNDS)
+    bounds = kv_cache_bounds(backend.name)  # fixtures/kv_cache.toml: each engine's measured bounds
     print(f"{backend.name}: kv-cache vs full forward: max |dlogit| {dlogit:.3g}, top-1 {top1:.3f}")
     assert dlogit is not None and top1 is not None
-    assert dlogit <= bounds["max_dlogit"], (
+    assert dlogit <= bounds.max_dlogit, (
         f"{backend.name}: decoding with the KV cache moves logits by up to {dlogit:.3g} "
-        f"(bound {bounds['max_dlogit']:g}) against a full forward pass"
+        f"(bound {bounds.max_dlogit:g}, fixtures/kv_cache.toml) against a full forward pass"
     )
-    assert top1 >= bounds["top1_agreement"], (
+    assert top1 >= bounds.top1_agreement, (
         f"{backend.name}: KV-cache decoding picks a different top-1 token at {1 - top1:.1%} of positions"
     )
 

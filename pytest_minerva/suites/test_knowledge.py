@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from pytest_minerva.backends.base import Backend
-from suites.conftest import model_facts
+from pytest_minerva.suites.support import model_facts
 
 
 def test_model_completes_known_facts(backend: Backend, request: pytest.FixtureRequest) -> None:

@@ -1,6 +1,6 @@
 """Micro-benchmarks of single backend operations, timed by pytest-benchmark.
 
-Run them with ``pytest suites/test_microbench.py --benchmark-only`` (add ``--model`` and
+Run them with ``python -m pytest --pyargs pytest_minerva.suites.test_microbench --benchmark-only`` (add ``--model`` and
 ``--backend`` to narrow the matrix); pytest-benchmark's own options (``--benchmark-json``,
 ``--benchmark-autosave``, ``--benchmark-compare``) then store and compare the timings.
 

@@ -13,13 +13,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pytest_minerva.equivalence import assert_equivalent
+from pytest_minerva.equivalence import Profile, assert_equivalent
 from pytest_minerva.equivalence.runner import greedy, profile_for, prompts
 from pytest_minerva.fixtures import LoadedPair
-from suites.conftest import mark_known_divergence
+from pytest_minerva.suites.support import mark_known_divergence
 
 
-def _profile(backend_pair: LoadedPair):  # type: ignore[no-untyped-def]
+def _profile(backend_pair: LoadedPair) -> Profile:
     pair = backend_pair.pair
     return profile_for(pair.reference, pair.candidate, backend_pair.same_weights)
 
