@@ -327,6 +327,30 @@ ISOLATE = Option(
     {"dest": "isolate", "action": "store_false"},
 )
 
+GOLDEN_DIR = Option(
+    "golden-dir",
+    "directory of the golden top-k numerics the suite compares against (and --minerva-update-golden writes)",
+    {"type": directory, "metavar": "DIR"},
+    default_text="the ones shipped in the package",
+    pytest_flag="minerva-golden-dir",
+    pytest_dest="minerva_golden_dir",
+    ini="minerva_golden_dir",
+    ini_help="directory of golden numerics (default: the shipped ones)",
+)
+
+TOLERANCES = Option(
+    "tolerances",
+    "tolerances file: the equivalence profiles and known divergences the suite holds pairs to",
+    {"type": Path, "metavar": "FILE"},
+    default_text="the one shipped in the package",
+    helps={"calibrate": "tolerance file to rewrite"},
+    default_texts={"calibrate": "ours"},
+    pytest_flag="minerva-tolerances",
+    pytest_dest="minerva_tolerances",
+    ini="minerva_tolerances",
+    ini_help="tolerances file (default: the shipped one)",
+)
+
 #: What ``minerva models``/``calibrate``/``doctor``/... share: where models and derived files live.
 LOCATION_OPTIONS = (CACHE_DIR, MODEL_DIR)
 
@@ -402,7 +426,7 @@ def register(parser: pytest.Parser) -> None:
         help="time limit in seconds for one backend load or generation (default: scaled to the model's size, "
         "ini: minerva_timeout)",
     )
-    for declared in (ENDPOINT, API_KEY_ENV):
+    for declared in (ENDPOINT, API_KEY_ENV, GOLDEN_DIR, TOLERANCES):
         declared.add(group.addoption, PYTEST)
 
     for declared in PYTEST_OPTIONS:
@@ -470,12 +494,18 @@ ALL_OPTIONS = (
     THREADS,
     ENDPOINT,
     API_KEY_ENV,
+    GOLDEN_DIR,
+    TOLERANCES,
     SCENARIO,
     RUNS,
     WARMUP,
     ISOLATE,
 )
 PYTEST_OPTIONS = tuple(o for o in ALL_OPTIONS if o.pytest_flag is not None)
+
+
+def _path_or_none(value: object) -> Path | None:
+    return Path(str(value)).expanduser() if value not in (None, "", []) else None
 
 
 def isolate_mode(value: str) -> bool | None:
@@ -508,6 +538,9 @@ class Settings:
     timeout_s: float | None = None  # None: scaled to the artifact size (isolation.Limits.for_size)
     endpoint: str | None = None
     api_key_env: str | None = None
+    #: The golden numerics and the tolerances file the suite uses (None: the shipped ones).
+    golden_dir: Path | None = None
+    tolerances: Path | None = None
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, *, models: list[str] | None = None) -> Settings:
@@ -531,6 +564,7 @@ class Settings:
             endpoint=given("endpoint"),
             api_key_env=given("api_key_env"),
             isolate=None if isolate is None or isolate else False,
+            tolerances=Path(given("tolerances")).expanduser() if given("tolerances") else None,
         )
 
     @classmethod
@@ -578,4 +612,6 @@ class Settings:
             timeout_s=float(timeout) if timeout else None,  # type: ignore[arg-type]
             endpoint=str(pick("minerva_endpoint", "minerva_endpoint") or "") or None,
             api_key_env=str(pick("minerva_api_key_env", "minerva_api_key_env") or "") or None,
+            golden_dir=_path_or_none(pick("minerva_golden_dir", "minerva_golden_dir")),
+            tolerances=_path_or_none(pick("minerva_tolerances", "minerva_tolerances")),
         )

@@ -16,11 +16,10 @@ import argparse
 import shlex
 import sys
 from collections import defaultdict
-from pathlib import Path
 from typing import Any, TextIO
 
 from pytest_minerva.errors import ArtifactMissing, MinervaError
-from pytest_minerva.options import CACHE_DIR, MODEL, THREADS, Settings, add_cli_options
+from pytest_minerva.options import CACHE_DIR, MODEL, THREADS, TOLERANCES, Settings, add_cli_options
 from pytest_minerva.session import build_session
 
 
@@ -34,9 +33,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--profile", action="append", default=None, metavar="NAME", help="record only these profiles; repeatable"
     )
-    parser.add_argument(
-        "--tolerances", type=Path, default=None, metavar="FILE", help="tolerance file to rewrite (default: ours)"
-    )
+    add_cli_options(parser, "calibrate", TOLERANCES)
     add_cli_options(parser, "calibrate", THREADS, CACHE_DIR)
     parser.add_argument("--dry-run", action="store_true", help="measure and print, write nothing")
     parser.set_defaults(func=cmd_calibrate)

@@ -35,14 +35,17 @@ GREEDY_TOKENS = 8
 LOGIT_ATOL = 2e-3
 
 
-def golden_dir() -> Path:
+def golden_dir(root: Path | None = None) -> Path:
+    """``root`` (``--minerva-golden-dir``), else the golden numerics shipped in the package."""
+    if root is not None:
+        return Path(root)
     from pytest_minerva.models.catalog import fixtures_dir
 
     return fixtures_dir() / "golden" / "numerics"
 
 
-def golden_path(case_id: str) -> Path:
-    return golden_dir() / f"{case_id}.json"
+def golden_path(case_id: str, root: Path | None = None) -> Path:
+    return golden_dir(root) / f"{case_id}.json"
 
 
 def record(backend: Backend, versions: Mapping[str, str]) -> dict[str, Any]:

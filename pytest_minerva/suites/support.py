@@ -52,7 +52,9 @@ def mark_known_divergence(request: pytest.FixtureRequest, pair: Pair) -> None:
     ref, cand = pair.reference, pair.candidate
     if ref.backend is None or cand.backend is None:
         return
-    for divergence in load_known_divergences():
+    from pytest_minerva.fixtures import get_session
+
+    for divergence in load_known_divergences(get_session(request.config).settings.tolerances):
         if divergence.matches(ref.model.name, ref.backend.name, cand.backend.name):
             request.applymarker(pytest.mark.xfail(reason=divergence.reason(), strict=True))
 

@@ -15,18 +15,19 @@ import pytest
 
 from pytest_minerva.equivalence import Profile, assert_equivalent
 from pytest_minerva.equivalence.runner import greedy, profile_for, prompts
-from pytest_minerva.fixtures import LoadedPair
+from pytest_minerva.fixtures import LoadedPair, get_session
 from pytest_minerva.suites.support import mark_known_divergence
 
 
-def _profile(backend_pair: LoadedPair) -> Profile:
+def _profile(backend_pair: LoadedPair, request: pytest.FixtureRequest) -> Profile:
     pair = backend_pair.pair
-    return profile_for(pair.reference, pair.candidate, backend_pair.same_weights)
+    tolerances = get_session(request.config).settings.tolerances  # --minerva-tolerances, else ours
+    return profile_for(pair.reference, pair.candidate, backend_pair.same_weights, path=tolerances)
 
 
 def test_logits_agree(backend_pair: LoadedPair, request: pytest.FixtureRequest) -> None:
     mark_known_divergence(request, backend_pair.pair)
-    profile = _profile(backend_pair)
+    profile = _profile(backend_pair, request)
     ref, cand = backend_pair.reference, backend_pair.candidate
     for prompt in prompts(ref):
         with_greedy = "greedy_prefix" in profile.metrics
@@ -44,7 +45,7 @@ def test_logits_agree(backend_pair: LoadedPair, request: pytest.FixtureRequest) 
 
 
 @pytest.mark.minerva(pairs=["cross-backend"])
-def test_same_weights_start_the_same_continuation(backend_pair: LoadedPair) -> None:
+def test_same_weights_start_the_same_continuation(backend_pair: LoadedPair, request: pytest.FixtureRequest) -> None:
     """Engines running the very same weights start every prompt's greedy continuation the same way.
 
     The one exception is a near tie: where the reference's own top-1 leads the candidate's pick
@@ -56,7 +57,7 @@ def test_same_weights_start_the_same_continuation(backend_pair: LoadedPair) -> N
     """
     if not backend_pair.same_weights:
         pytest.skip("the two sides run different weights")
-    profile = _profile(backend_pair)
+    profile = _profile(backend_pair, request)
     tie = float(profile.bounds.get("max_dlogit", 0.0))  # a profile that does not bound it allows no swap
     ref, cand = backend_pair.reference, backend_pair.candidate
     for prompt in prompts(ref):

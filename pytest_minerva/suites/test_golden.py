@@ -17,7 +17,7 @@ from pytest_minerva.storage.atomic import atomic_write_text
 def test_logits_match_golden(backend: Backend, request: pytest.FixtureRequest) -> None:
     case = request.node.callspec.params["backend"]
     session = get_session(request.config)
-    path = golden.golden_path(case.id)
+    path = golden.golden_path(case.id, session.settings.golden_dir)
     fresh = golden.record(backend, {k: v for k, v in session.versions().items() if k != "pytest-minerva"})
     new_text = golden.render(fresh)
     if session.settings.update_golden:
