@@ -6,7 +6,8 @@ would do it: no checkout of this repository, no editable install, no ``PYTHONPAT
 1. Wheels: a non-editable wheel of pytest-minerva, built from a temporary copy of this checkout
    (its tracked and untracked-but-not-ignored files, so no ``build/`` lands in the working
    tree), and a wheel of the engine's adapter package, ``examples/minerva_example_engine``
-   (backend ``example_llama``, registered through the ``pytest_minerva`` entry-point group).
+   (backend ``example_llama``, registered through the ``pytest_minerva`` entry-point group),
+   both by ``build_wheels`` of ``tests/wheelhouse.py``.
 2. A fresh virtual environment (``python -m venv``) holding both wheels with pytest-minerva's
    core dependencies only (no ``[suite]`` extra), the pytest version of this environment, and
    llama-cpp-python from the portable wheel ``tools/install.sh`` built and cached
@@ -35,18 +36,16 @@ import json
 import os
 import platform
 import re
-import shlex
 import shutil
-import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
+from wheelhouse import PIP_NETWORK, build_wheels, clean_env, from_registry, must
 
 from pytest_minerva.backends import llama_cpp_build
 
@@ -80,26 +79,6 @@ MUST_PASS = (
     "test_kv_cache_matches_full_forward",
 )
 
-# pip output that means the registry could not be reached, not that something here is wrong.
-CONNECTION_TROUBLE = (
-    "Failed to establish a new connection",
-    "NewConnectionError",
-    "ConnectTimeoutError",
-    "ReadTimeoutError",
-    "Max retries exceeded",
-    "Temporary failure in name resolution",
-    "Name or service not known",
-    "Network is unreachable",
-    "No route to host",
-    "Connection refused",
-    "Connection reset",
-    "ProxyError",
-    "SSLError",
-    "Could not fetch URL",
-)
-PIP = ("--disable-pip-version-check", "--timeout", "30", "--retries", "3")
-
-TIMEOUT_BUILD = 300
 TIMEOUT_VENV = 180
 TIMEOUT_PIP = 900
 TIMEOUT_LLAMA_BUILD = 1800
@@ -118,63 +97,6 @@ def stage(name: str) -> Iterator[None]:
         elapsed = time.perf_counter() - started
         STAGE_TIMES[name] = elapsed
         print(f"\n[engine-team path] {name}: {elapsed:.1f} s", flush=True)
-
-
-# --------------------------------------------------------------------------- subprocesses
-
-
-def describe(cmd: Sequence[str | Path], proc: subprocess.CompletedProcess[str] | None, tail: int = 60) -> str:
-    if proc is None:
-        return f"$ {shlex.join(str(c) for c in cmd)}\n(timed out)"
-    out = "\n".join((proc.stdout + proc.stderr).rstrip().splitlines()[-tail:])
-    return f"$ {shlex.join(str(c) for c in cmd)}\nexit status {proc.returncode}\n{out}"
-
-
-def run(
-    cmd: Sequence[str | Path], *, env: dict[str, str], cwd: Path | None = None, timeout: float = TIMEOUT_STAGE
-) -> subprocess.CompletedProcess[str]:
-    try:
-        return subprocess.run(
-            [str(c) for c in cmd],
-            cwd=cwd,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-            stdin=subprocess.DEVNULL,
-        )
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"timed out after {timeout:g} s:\n{describe(cmd, None)}", pytrace=False)
-
-
-def must(
-    cmd: Sequence[str | Path], *, what: str, env: dict[str, str], **kwargs: Any
-) -> subprocess.CompletedProcess[str]:
-    proc = run(cmd, env=env, **kwargs)
-    if proc.returncode != 0:
-        pytest.fail(f"{what} failed:\n{describe(cmd, proc)}", pytrace=False)
-    return proc
-
-
-def from_registry(cmd: Sequence[str | Path], *, what: str, env: dict[str, str], timeout: float) -> None:
-    """A pip command that needs the registry: skip when it cannot be reached, fail otherwise."""
-    proc = run(cmd, env=env, timeout=timeout)
-    if proc.returncode == 0:
-        return
-    seen = [sign for sign in CONNECTION_TROUBLE if sign in proc.stdout + proc.stderr]
-    if seen:
-        pytest.skip(f"{what}: the package registry cannot be reached ({', '.join(seen[:3])}):\n{describe(cmd, proc)}")
-    pytest.fail(f"{what} failed:\n{describe(cmd, proc)}", pytrace=False)
-
-
-def clean_env() -> dict[str, str]:
-    """An engine team's CI shell: nothing of this test session, this checkout or its venv leaks in."""
-    dropped_prefixes = ("PYTEST_", "MINERVA_", "HYPOTHESIS_", "COV_CORE_")
-    dropped = {"PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "VIRTUAL_ENV", "FORCE_COLOR", "NO_COLOR"}
-    env = {k: v for k, v in os.environ.items() if not k.startswith(dropped_prefixes) and k not in dropped}
-    env.update(PY_COLORS="0", PYTHONIOENCODING="utf-8", HF_HUB_OFFLINE="1")
-    return env
 
 
 # --------------------------------------------------------------------------- the environment
@@ -196,20 +118,6 @@ class EngineTeam:
         path = self.work / name
         path.mkdir()
         return path
-
-
-def copy_checkout(dest: Path, env: dict[str, str]) -> None:
-    """This checkout's tracked and untracked, not ignored files (``git ls-files -co --exclude-standard``)."""
-    listed = run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], env=env, cwd=REPO)
-    if listed.returncode == 0 and listed.stdout.strip("\0"):
-        for rel in filter(None, listed.stdout.split("\0")):
-            source = REPO / rel
-            if source.is_file():  # a file deleted in the working tree is still listed
-                (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(source, dest / rel)
-        return
-    ignore = shutil.ignore_patterns(".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".*_cache", ".asv")
-    shutil.copytree(REPO, dest, ignore=ignore)
 
 
 def llama_plan() -> llama_cpp_build.Plan:
@@ -237,24 +145,12 @@ def team(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EngineTeam]:
     if importlib.util.find_spec("setuptools") is None:
         pytest.skip("building the wheels offline (--no-build-isolation) uses this environment's setuptools: none here")
     work = tmp_path_factory.mktemp("engine_team")
-    env = clean_env()
+    env = clean_env(HF_HUB_OFFLINE="1")  # an engine team's CI shell, offline from the Hub
 
     with stage("build the two wheels"):
-        source = work / "source"
-        copy_checkout(source, env)
-        assert (source / EXAMPLE / "pyproject.toml").is_file(), f"{EXAMPLE} is not in the checkout's file list"
-        wheelhouse = work / "wheelhouse"
-        build = [sys.executable, "-m", "pip", "wheel", *PIP, "--no-deps", "--no-build-isolation", "--no-index"]
-        must(
-            [*build, "-w", wheelhouse, source, source / EXAMPLE],
-            what="building the wheels",
-            env=env,
-            timeout=TIMEOUT_BUILD,
-        )
-        shutil.rmtree(source, ignore_errors=True)
-        wheels = tuple(sorted(wheelhouse.glob("*.whl")))
-        names = sorted(w.name.split("-", 1)[0] for w in wheels)
-        assert names == ["minerva_example_engine", "pytest_minerva"], wheels
+        built = build_wheels(work, env, EXAMPLE)
+        assert sorted(built) == ["minerva_example_engine", "pytest_minerva"], built
+        wheels = tuple(sorted(built.values()))
 
     venv = work / "venv"
     with stage("create the venv"):
@@ -263,7 +159,7 @@ def team(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EngineTeam]:
     try:
         plan = llama_plan()
         llama_wheel = cached_llama_wheel(plan)
-        install: list[str | Path] = [python, "-m", "pip", "install", *PIP, f"pytest=={pytest.__version__}"]
+        install: list[str | Path] = [python, "-m", "pip", "install", *PIP_NETWORK, f"pytest=={pytest.__version__}"]
         install_env = dict(env)
         llama_pin = f"{llama_cpp_build.DISTRIBUTION}=={llama_cpp_build.LLAMA_VERSION}"
         if llama_wheel is not None:
@@ -278,7 +174,7 @@ def team(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EngineTeam]:
             timeout = TIMEOUT_LLAMA_BUILD
             print(f"\n[engine-team path] {what}", flush=True)
         with stage("install the wheels into the venv"):
-            from_registry([*install, *wheels], what=what, env=install_env, timeout=timeout)
+            from_registry([*install, *wheels], what=what, env=install_env, timeout=timeout, skip_on_timeout=False)
 
         site_packages = Path(
             must(
@@ -286,6 +182,7 @@ def team(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EngineTeam]:
                 what="asking the venv for its site-packages",
                 env=env,
                 cwd=work,
+                timeout=TIMEOUT_STAGE,
             ).stdout.strip()
         )
         # An activated venv, and an empty artifact cache as on a new CI runner: the runs generate
@@ -322,7 +219,9 @@ def probe_modules(team: EngineTeam, cwd: Path, env: dict[str, str]) -> dict[str,
         "import json, pytest_minerva, minerva_example_engine as m\n"
         "print(json.dumps({'pytest_minerva': pytest_minerva.__file__, 'minerva_example_engine': m.__file__}))"
     )
-    proc = must([team.python, "-c", code], what="importing both packages in the venv", env=env, cwd=cwd)
+    proc = must(
+        [team.python, "-c", code], what="importing both packages in the venv", env=env, cwd=cwd, timeout=TIMEOUT_STAGE
+    )
     files: dict[str, str] = json.loads(proc.stdout.strip().splitlines()[-1])
     assert_from_the_venv(team, files)
     return files
@@ -368,9 +267,8 @@ def test_the_shipped_suite_runs_on_the_engine(team: EngineTeam) -> None:
         "--trace-config",  # names the file of every plugin module pytest registered
     ]
     with stage("(a) pytest --pyargs pytest_minerva.suites"):
-        proc = run(cmd, env=team.env, cwd=empty)
+        proc = must(cmd, what="the shipped suite", env=team.env, cwd=empty, timeout=TIMEOUT_STAGE, lines=120)
     out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, describe(cmd, proc, tail=120)
     assert not any(empty.iterdir()), f"the run left files in its working directory: {list(empty.iterdir())}"
 
     # In the run itself: the plugin, the suite's conftest and the engine's hooks, each from the venv.
@@ -414,8 +312,7 @@ def test_minerva_bench_measures_the_engine(team: EngineTeam) -> None:
         "out.json",
     ]
     with stage("(b) minerva bench"):
-        proc = run(cmd, env=team.env, cwd=empty)
-    assert proc.returncode == 0, describe(cmd, proc)
+        proc = must(cmd, what="minerva bench", env=team.env, cwd=empty, timeout=TIMEOUT_STAGE, lines=60)
     assert f"### {BACKEND} " in proc.stdout, proc.stdout[-3000:]
     probe_modules(team, empty, team.env)
 
@@ -483,8 +380,7 @@ def test_the_asv_suite_lists_and_measures_the_engine(team: EngineTeam) -> None:
     env = dict(team.env, PYTHONPATH=str(checkout), MINERVA_THREADS="1")
     cmd: list[str | Path] = [team.python, "-c", ASV_PROBE]
     with stage("(c) asv suite: parameters and one measurement"):
-        proc = run(cmd, env=env, cwd=empty)
-    assert proc.returncode == 0, describe(cmd, proc)
+        proc = must(cmd, what="the asv suite's probe", env=env, cwd=empty, timeout=TIMEOUT_STAGE, lines=60)
     found = json.loads(proc.stdout.strip().splitlines()[-1])
     assert_from_the_venv(team, found["files"])
     if found["engine"] is not None:

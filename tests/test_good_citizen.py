@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import os
 import re
-import shlex
 import shutil
 import statistics
 import subprocess
@@ -43,10 +42,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from wheelhouse import (
+    PIP_NETWORK,
+    CommandTimeout,
+    build_wheels,
+    clean_env,
+    describe,
+    from_registry,
+    must,
+    run,
+    tail,
+)
 
 pytestmark = pytest.mark.slow
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 PROJECT = "six"
 PROJECT_VERSION = "1.17.0"
@@ -56,132 +64,10 @@ MIN_TESTS = 10
 TIMING_ROUNDS = 10
 DISABLE = ("-p", "no:minerva")
 
-# pip output that means the registry could not be reached (or answered nothing), not that
-# something in this repository is wrong.
-CONNECTION_TROUBLE = (
-    "Failed to establish a new connection",
-    "NewConnectionError",
-    "ConnectTimeoutError",
-    "ReadTimeoutError",
-    "Max retries exceeded",
-    "Temporary failure in name resolution",
-    "Name or service not known",
-    "Network is unreachable",
-    "No route to host",
-    "Connection refused",
-    "Connection reset",
-    "ConnectionError",
-    "ProxyError",
-    "SSLError",
-    "Could not fetch URL",
-)
-NOT_FOUND = ("Could not find a version that satisfies", "No matching distribution found")
-
-PIP_NETWORK = ("--disable-pip-version-check", "--timeout", "30", "--retries", "3")
-
-TIMEOUT_BUILD = 300
 TIMEOUT_VENV = 180
 TIMEOUT_PIP = 600
 TIMEOUT_SUITE = 300
 TIMEOUT_PYTEST = 120
-
-
-# --------------------------------------------------------------------------- subprocesses
-
-
-def _text(data: str | bytes | None) -> str:
-    if data is None:
-        return ""
-    if isinstance(data, bytes):
-        return data.decode("utf-8", "replace")
-    return data
-
-
-def _tail(text: str, lines: int = 40) -> str:
-    kept = text.rstrip().splitlines()[-lines:]
-    return "\n".join(kept) if kept else "(empty)"
-
-
-def _describe(
-    cmd: Sequence[str | Path], returncode: int | None, stdout: str | bytes | None, stderr: str | bytes | None
-) -> str:
-    status = "timed out" if returncode is None else f"exit status {returncode}"
-    return (
-        f"$ {shlex.join(str(c) for c in cmd)}\n{status}\n"
-        f"--- stdout (tail) ---\n{_tail(_text(stdout))}\n"
-        f"--- stderr (tail) ---\n{_tail(_text(stderr))}"
-    )
-
-
-class CommandTimeout(Exception):
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
-
-
-def _run(
-    cmd: Sequence[str | Path], *, timeout: float, env: dict[str, str], cwd: Path | None = None
-) -> subprocess.CompletedProcess[str]:
-    """Run ``cmd`` (output captured); a timeout raises CommandTimeout with the output so far."""
-    try:
-        return subprocess.run(
-            [str(c) for c in cmd],
-            cwd=cwd,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-            stdin=subprocess.DEVNULL,
-        )
-    except subprocess.TimeoutExpired as exc:
-        raise CommandTimeout(f"after {timeout:g} s:\n" + _describe(cmd, None, exc.stdout, exc.stderr)) from exc
-
-
-def _must(
-    cmd: Sequence[str | Path], *, what: str, timeout: float, env: dict[str, str], cwd: Path | None = None
-) -> subprocess.CompletedProcess[str]:
-    """Run ``cmd``; fail the test, showing the output, on a timeout or a non-zero exit status."""
-    try:
-        proc = _run(cmd, timeout=timeout, env=env, cwd=cwd)
-    except CommandTimeout as exc:
-        pytest.fail(f"{what}: timed out {exc.message}", pytrace=False)
-    if proc.returncode != 0:
-        pytest.fail(f"{what} failed:\n" + _describe(cmd, proc.returncode, proc.stdout, proc.stderr), pytrace=False)
-    return proc
-
-
-def _from_registry(cmd: Sequence[str | Path], *, what: str, env: dict[str, str], skip_not_found: bool) -> None:
-    """Run a pip command that needs the registry: skip when it cannot be reached, fail otherwise.
-
-    ``skip_not_found``: also skip when pip found no matching distribution (right for pinned
-    third-party requirements; for this repository's own dependencies it would hide a typo).
-    """
-    try:
-        proc = _run(cmd, timeout=TIMEOUT_PIP, env=env)
-    except CommandTimeout as exc:
-        pytest.skip(f"{what}: the package registry did not answer in time {exc.message}")
-    if proc.returncode == 0:
-        return
-    output = proc.stdout + proc.stderr
-    signs = CONNECTION_TROUBLE + (NOT_FOUND if skip_not_found else ())
-    seen = [sign for sign in signs if sign in output]
-    if seen:
-        pytest.skip(
-            f"{what}: the package registry cannot be reached ({', '.join(seen[:3])}):\n"
-            + _describe(cmd, proc.returncode, proc.stdout, proc.stderr)
-        )
-    pytest.fail(f"{what} failed:\n" + _describe(cmd, proc.returncode, proc.stdout, proc.stderr), pytrace=False)
-
-
-def _clean_env() -> dict[str, str]:
-    """The environment of an ordinary user's pytest run: nothing from this test session leaks in."""
-    dropped_prefixes = ("PYTEST_", "MINERVA_", "HYPOTHESIS_", "COV_CORE_")
-    dropped = {"PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "VIRTUAL_ENV", "FORCE_COLOR", "NO_COLOR"}
-    env = {k: v for k, v in os.environ.items() if not k.startswith(dropped_prefixes) and k not in dropped}
-    env["PY_COLORS"] = "0"
-    env["PYTHONIOENCODING"] = "utf-8"
-    return env
 
 
 # --------------------------------------------------------------------------- the environment
@@ -208,63 +94,9 @@ class Citizen:
         return (*DISABLE, *(arg for name in self.dependency_plugins for arg in ("-p", f"no:{name}")))
 
 
-def _copy_sources(dest: Path, env: dict[str, str]) -> None:
-    """Copy the repository's files (tracked and untracked, not ignored) to ``dest``.
-
-    The wheel is built from a copy so that the build neither writes ``build/`` into the working
-    tree (others edit it) nor ships modules a stale ``build/lib`` still holds.
-    """
-    try:
-        listed = _run(
-            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-            cwd=REPO_ROOT,
-            timeout=60,
-            env=env,
-        )
-    except (OSError, CommandTimeout):
-        listed = None
-    if listed is not None and listed.returncode == 0 and listed.stdout.strip("\0"):
-        for rel in filter(None, listed.stdout.split("\0")):
-            source = REPO_ROOT / rel
-            if source.is_file():  # a file deleted in the working tree is still listed
-                (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(source, dest / rel)
-        return
-    shutil.copytree(
-        REPO_ROOT,
-        dest,
-        ignore=shutil.ignore_patterns(
-            ".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".*_cache", ".hypothesis", ".asv"
-        ),
-    )
-
-
-def _build_wheel(work: Path, env: dict[str, str]) -> Path:
-    source = work / "source"
-    _copy_sources(source, env)
-    wheelhouse = work / "wheelhouse"
-    cmd: list[str | Path] = [
-        sys.executable,
-        "-m",
-        "pip",
-        "wheel",
-        "--no-deps",
-        "--no-build-isolation",
-        "--no-index",
-        "-w",
-        wheelhouse,
-        source,
-    ]
-    _must(cmd, what="building the pytest-minerva wheel", timeout=TIMEOUT_BUILD, env=env)
-    wheels = sorted(wheelhouse.glob("pytest_minerva-*.whl"))
-    assert len(wheels) == 1, f"expected one pytest-minerva wheel in {wheelhouse}, found {wheels}"
-    shutil.rmtree(source, ignore_errors=True)
-    return wheels[0]
-
-
 def _pytest11_names(python: Path, cwd: Path, env: dict[str, str]) -> set[str]:
     probe = "import importlib.metadata as md\nfor ep in md.entry_points(group='pytest11'): print(ep.name)\n"
-    proc = _must([python, "-c", probe], what="listing pytest11 entry points", timeout=60, env=env, cwd=cwd)
+    proc = must([python, "-c", probe], what="listing pytest11 entry points", timeout=60, env=env, cwd=cwd)
     return set(proc.stdout.split())
 
 
@@ -283,7 +115,13 @@ def _unpack_sdist(python: Path, work: Path, env: dict[str, str]) -> Path:
         downloads,
         f"{PROJECT}=={PROJECT_VERSION}",
     ]
-    _from_registry(cmd, what=f"downloading the {PROJECT} {PROJECT_VERSION} sdist", env=env, skip_not_found=True)
+    from_registry(
+        cmd,
+        what=f"downloading the {PROJECT} {PROJECT_VERSION} sdist",
+        env=env,
+        timeout=TIMEOUT_PIP,
+        skip_not_found=True,
+    )
     archives = sorted(downloads.iterdir())
     assert len(archives) == 1, f"expected one sdist in {downloads}, found {archives}"
     archive = archives[0]
@@ -306,28 +144,29 @@ def _unpack_sdist(python: Path, work: Path, env: dict[str, str]) -> Path:
 def citizen(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Citizen]:
     """A fresh venv with pytest, the project and a non-editable pytest-minerva wheel; the project's sdist."""
     work = tmp_path_factory.mktemp("good_citizen")
-    env = _clean_env()
+    env = clean_env()
 
     # First, and regardless of the network: a wheel of this repository that cannot be built fails.
-    wheel = _build_wheel(work, env)
+    wheel = build_wheels(work, env)["pytest_minerva"]
 
     venv_dir = work / "venv"
-    _must([sys.executable, "-m", "venv", venv_dir], what="creating the venv", timeout=TIMEOUT_VENV, env=env)
+    must([sys.executable, "-m", "venv", venv_dir], what="creating the venv", timeout=TIMEOUT_VENV, env=env)
     python = venv_dir / ("Scripts" if os.name == "nt" else "bin") / ("python.exe" if os.name == "nt" else "python")
     try:
         pip: list[str | Path] = [python, "-m", "pip", "install", *PIP_NETWORK]
-        _from_registry(
+        from_registry(
             [*pip, f"pytest=={pytest.__version__}", f"{PROJECT}=={PROJECT_VERSION}"],
             what=f"installing pytest {pytest.__version__} and {PROJECT} {PROJECT_VERSION}",
             env=env,
+            timeout=TIMEOUT_PIP,
             skip_not_found=True,
         )
         plugins_before = _pytest11_names(python, work, env)
-        _from_registry(
+        from_registry(
             [*pip, wheel],
             what=f"installing {wheel.name} and its core dependencies",
             env=env,
-            skip_not_found=False,
+            timeout=TIMEOUT_PIP,
         )
         added_plugins = _pytest11_names(python, work, env) - plugins_before
         project_dir = _unpack_sdist(python, work, env)
@@ -338,7 +177,7 @@ def citizen(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Citizen]:
             "print(pytest_minerva.__file__)\n"
             "print(sorted(ep.value for ep in md.entry_points(group='pytest11') if ep.name == 'minerva'))\n"
         )
-        out = _must([python, "-c", probe], what="importing pytest_minerva in the venv", timeout=60, env=env, cwd=work)
+        out = must([python, "-c", probe], what="importing pytest_minerva in the venv", timeout=60, env=env, cwd=work)
         location, entry_points = out.stdout.splitlines()[:2]
         assert Path(location).resolve().is_relative_to(venv_dir.resolve()), (
             f"pytest_minerva imports from {location}, not from the venv {venv_dir}"
@@ -392,22 +231,21 @@ def _run_suite(
     junit = citizen.work / f"junit-{label}.xml"
     cmd = citizen.pytest(f"--junitxml={junit}", *extra, *PROJECT_TESTS)
     try:
-        proc = _run(cmd, timeout=TIMEOUT_SUITE, env=citizen.env, cwd=citizen.project_dir)
+        proc = run(cmd, timeout=TIMEOUT_SUITE, env=citizen.env, cwd=citizen.project_dir)
     except CommandTimeout as exc:
         pytest.fail(f"{PROJECT}'s suite ({label}) timed out {exc.message}", pytrace=False)
     # 0: all passed, 1: some failed. Anything else (internal error, usage error, nothing collected)
     # means the run itself broke.
     if proc.returncode not in (0, 1) or not junit.exists():
         pytest.fail(
-            f"{PROJECT}'s suite ({label}) did not run to the end:\n"
-            + _describe(cmd, proc.returncode, proc.stdout, proc.stderr),
+            f"{PROJECT}'s suite ({label}) did not run to the end:\n" + describe(cmd, proc),
             pytrace=False,
         )
     return _outcomes(junit), proc
 
 
 def _loaded_plugins(citizen: Citizen, extra: Sequence[str]) -> str:
-    proc = _must(
+    proc = must(
         citizen.pytest("--version", "--version", *extra),
         what="pytest --version --version",
         timeout=TIMEOUT_PYTEST,
@@ -418,7 +256,7 @@ def _loaded_plugins(citizen: Citizen, extra: Sequence[str]) -> str:
 
 
 def _marker_names(citizen: Citizen, extra: Sequence[str]) -> set[str]:
-    proc = _must(
+    proc = must(
         citizen.pytest("--markers", *extra),
         what="pytest --markers",
         timeout=TIMEOUT_PYTEST,
@@ -433,13 +271,13 @@ def _collect(citizen: Citizen, extra: Sequence[str]) -> tuple[float, list[str]]:
     cmd = citizen.pytest("--collect-only", "-q", *extra, *PROJECT_TESTS)
     start = time.perf_counter()
     try:
-        proc = _run(cmd, timeout=TIMEOUT_PYTEST, env=citizen.env, cwd=citizen.project_dir)
+        proc = run(cmd, timeout=TIMEOUT_PYTEST, env=citizen.env, cwd=citizen.project_dir)
     except CommandTimeout as exc:
         pytest.fail(f"collecting {PROJECT}'s tests timed out {exc.message}", pytrace=False)
     elapsed = time.perf_counter() - start
     if proc.returncode != 0:
         pytest.fail(
-            f"collecting {PROJECT}'s tests failed:\n" + _describe(cmd, proc.returncode, proc.stdout, proc.stderr),
+            f"collecting {PROJECT}'s tests failed:\n" + describe(cmd, proc),
             pytrace=False,
         )
     return elapsed, [ln for ln in proc.stdout.splitlines() if "::" in ln]
@@ -496,7 +334,7 @@ def test_project_suite_has_identical_outcomes(citizen: Citizen, capsys: pytest.C
         for line in header:
             print(f"    {line}")
 
-    assert len(outcomes_with) > MIN_TESTS, f"only {len(outcomes_with)} tests ran:\n{_tail(proc_with.stdout)}"
+    assert len(outcomes_with) > MIN_TESTS, f"only {len(outcomes_with)} tests ran:\n{tail(proc_with.stdout)}"
     differences = "".join(
         _difference(label, outcomes_with, outcomes)
         for label, (outcomes, _) in runs.items()
@@ -504,7 +342,7 @@ def test_project_suite_has_identical_outcomes(citizen: Citizen, capsys: pytest.C
     )
     if differences:
         tails = "".join(
-            f"--- {label} (tail) ---\n{_tail(proc.stdout)}\n{_tail(proc.stderr, 10)}\n"
+            f"--- {label} (tail) ---\n{tail(proc.stdout)}\n{tail(proc.stderr, 10)}\n"
             for label, (_, proc) in runs.items()
         )
         pytest.fail(

@@ -1,9 +1,10 @@
 """The regression suite ships in the wheel and runs, installed, from an empty directory (issue 14).
 
 The wheel is built from a copy of this checkout (setuptools would leave ``build/`` and
-``*.egg-info`` in the source tree), installed with ``pip install --no-deps --target`` into a
-directory of its own, and the suite is run from an empty directory with the one documented
-command, ``python -m pytest --pyargs pytest_minerva.suites --model NAME``, in a subprocess whose
+``*.egg-info`` in the source tree) by ``build_wheels`` of ``tests/wheelhouse.py``, installed with
+``pip install --no-deps --target`` into a directory of its own, and the suite is run from an
+empty directory with the one documented command,
+``python -m pytest --pyargs pytest_minerva.suites --model NAME``, in a subprocess whose
 ``PYTHONPATH`` holds only that directory (and a probe plugin). There no ini file applies, so the
 run shows the suite needs nothing from this repository: not its ``[tool.pytest.ini_options]``,
 not ``fixtures/``. The probe records which ``pytest_minerva`` the run imported and where its data
@@ -15,7 +16,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -25,14 +25,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from wheelhouse import build_wheels, clean_env, must
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE_DIR = REPO / "pytest_minerva"
 SUITE_DIR = PACKAGE_DIR / "suites"
 FIXTURES_DIR = REPO / "fixtures"
-#: What the build needs from the checkout: the project file, the readme it names, the package and its data.
-BUILD_INPUTS = ("pyproject.toml", "README.md", "pytest_minerva", "fixtures")
-IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc", "build", "*.egg-info")
 #: The run: the tiny random llama on llama.cpp (artifacts, goldens, tolerances, the tokenizer
 #: corpus, the KV-cache bounds, the prompts) and SmolLM2's known facts (expectations).
 SELECTION = (
@@ -76,24 +74,16 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
     if importlib.util.find_spec("setuptools") is None:
         pytest.skip("building the wheel offline uses this environment's setuptools: none here")
     root = tmp_path_factory.mktemp("shipped-suite")
-    source = root / "source"
-    source.mkdir()
-    for name in BUILD_INPUTS:
-        path = REPO / name
-        if path.is_dir():
-            shutil.copytree(path, source / name, ignore=IGNORED)
-        else:
-            shutil.copy2(path, source / name)
-    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--quiet"]
-    wheelhouse = root / "wheelhouse"
-    build = [*pip, "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-w", str(wheelhouse), str(source)]
-    ran = subprocess.run(build, capture_output=True, text=True, timeout=300, check=False)
-    assert ran.returncode == 0, f"building the wheel failed:\n{ran.stdout}\n{ran.stderr}"
-    (wheel,) = wheelhouse.glob("pytest_minerva-*.whl")
+    env = clean_env()
+    wheel = build_wheels(root, env)["pytest_minerva"]
     site = root / "site"
-    install = [*pip, "install", "--no-deps", "--no-index", "--target", str(site), str(wheel)]
-    ran = subprocess.run(install, capture_output=True, text=True, timeout=300, check=False)
-    assert ran.returncode == 0, f"installing the wheel failed:\n{ran.stdout}\n{ran.stderr}"
+    install: list[str | Path] = [sys.executable, "-m", "pip", "install", "--disable-pip-version-check", "--quiet"]
+    must(
+        [*install, "--no-deps", "--no-index", "--target", site, wheel],
+        what="installing the wheel",
+        timeout=300,
+        env=env,
+    )
     return Installed(wheel, site)
 
 
