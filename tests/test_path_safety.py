@@ -104,9 +104,18 @@ def test_plugin_catalog_entries_are_checked_through_the_hook(pytester: pytest.Py
                 ArtifactSpec("gguf", package_module="os", package_path="../../../etc/passwd"),)))
         """
     )
-    result = pytester.runpytest("--collect-only")
+    # named on the command line: the plugin starts at configure time, and the entry is refused there
+    result = pytester.runpytest("--collect-only", "--minerva-model", "smollm2-135m")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["ERROR: model 'evil' artifact #1: file name '../../../etc/passwd' must be a plain*"])
+    # used only by a test's fixture: the plugin starts at collection, and the entry is refused there
+    pytester.makepyfile("def test_uses(backend):\n    pass\n")
+    result = pytester.runpytest("--collect-only")
+    assert result.ret != pytest.ExitCode.OK
+    assert (
+        "model 'evil' artifact #1: file name '../../../etc/passwd' must be a plain"
+        in result.stdout.str() + result.stderr.str()
+    )
 
 
 @pytest.mark.parametrize("alias", ["../up", "UP"])
