@@ -65,10 +65,6 @@ def _figure(value: str) -> str:
     return value
 
 
-def _seconds(value: str) -> float:
-    return positive_float(value)
-
-
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
     """Register ``compare`` on the ``minerva`` command line."""
     parser = subparsers.add_parser(
@@ -148,7 +144,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--timeout",
-        type=_seconds,
+        type=positive_float,
         default=900.0,
         metavar="SECONDS",
         help="limit for one benchmark invocation (default: 900)",
