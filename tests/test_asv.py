@@ -102,11 +102,11 @@ def test_suite_settings_come_from_the_environment(
     monkeypatch.setenv("MINERVA_ASV_SCENARIOS", "")
     assert common.env_names("MINERVA_ASV_SCENARIOS", ("medium",)) == ("medium",)
     monkeypatch.setenv("MINERVA_ASV_RUNS", "12")
-    assert common.env_positive_int("MINERVA_ASV_RUNS", 8) == 12
-    for bad in ("0", "-3", "five"):
+    assert common.env_positive_int("MINERVA_ASV_RUNS", 8, 100) == 12
+    for bad in ("0", "-3", "five", "101", "99999999999999999999"):
         monkeypatch.setenv("MINERVA_ASV_RUNS", bad)
-        with pytest.raises(ValueError, match=rf"^MINERVA_ASV_RUNS='{bad}': expected a positive integer$"):
-            common.env_positive_int("MINERVA_ASV_RUNS", 8)
+        with pytest.raises(ValueError, match=rf"^MINERVA_ASV_RUNS='{bad}': expected an integer from 1 to 100$"):
+            common.env_positive_int("MINERVA_ASV_RUNS", 8, 100)
 
 
 def test_a_backend_that_cannot_run_here_is_an_asv_skip_naming_the_reason(

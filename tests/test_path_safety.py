@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from model_files import small_gguf
 
 from pytest_minerva.derive.cache import ArtifactCache
 from pytest_minerva.errors import FormatError, PathEscape, UnknownModel, UnsafeFile
@@ -18,18 +19,6 @@ from pytest_minerva.models.local import model_from_path, select_models
 from pytest_minerva.models.resolve import Resolver
 
 PACKAGE = Path(__file__).resolve().parent.parent / "pytest_minerva"
-
-
-def small_gguf(path: Path) -> Path:
-    gguf = pytest.importorskip("gguf")
-    writer = gguf.GGUFWriter(str(path), "llama")
-    writer.add_block_count(1)
-    writer.add_tensor("token_embd.weight", np.arange(64, dtype=np.float32).reshape(8, 8))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
 
 
 def safetensors_dir(root: Path) -> Path:

@@ -3,29 +3,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
+from model_files import small_gguf
 
 from pytest_minerva.derive.cache import ArtifactCache
 from pytest_minerva.errors import ArtifactMissing, FormatError, PathEscape
 from pytest_minerva.models.catalog import ArtifactSpec, Catalog, ModelSpec, parse_catalog
 from pytest_minerva.models.local import model_from_path, select_models
 from pytest_minerva.models.resolve import Resolver
-
-
-def write_small_gguf(path: Path, arch: str = "llama") -> Path:
-    import gguf
-
-    writer = gguf.GGUFWriter(str(path), arch)
-    writer.add_block_count(1)
-    writer.add_context_length(64)
-    writer.add_tensor("token_embd.weight", np.arange(64, dtype=np.float32).reshape(8, 8))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
-
 
 CATALOG = """
 [models.toy]
@@ -76,21 +61,21 @@ def test_derived_format_missing_explains_both(toy: ModelSpec, resolver: Resolver
 def test_model_dir_is_found(toy: ModelSpec, tmp_path: Path) -> None:
     model_dir = tmp_path / "models"
     (model_dir / "toy").mkdir(parents=True)
-    write_small_gguf(model_dir / "toy" / "toy.F32.gguf")
+    small_gguf(model_dir / "toy" / "toy.F32.gguf", context_length=64)
     resolver = Resolver(ArtifactCache(tmp_path / "cache"), model_dir=model_dir, verify=False)
     found = resolver.resolve(toy, toy.artifact("gguf"))
     assert (found.source, found.path) == ("model-dir", (model_dir / "toy" / "toy.F32.gguf").resolve())
 
 
 def test_env_model_dir_is_honoured(toy: ModelSpec, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    write_small_gguf(tmp_path / "toy.F32.gguf")
+    small_gguf(tmp_path / "toy.F32.gguf", context_length=64)
     monkeypatch.setenv("MINERVA_MODEL_DIR", str(tmp_path))
     resolver = Resolver(ArtifactCache(tmp_path / "cache"), verify=False)
     assert resolver.resolve(toy, toy.artifact("gguf")).source == "model-dir"
 
 
 def test_symlink_out_of_the_model_dir_is_refused(toy: ModelSpec, tmp_path: Path) -> None:
-    outside = write_small_gguf(tmp_path / "elsewhere.gguf")
+    outside = small_gguf(tmp_path / "elsewhere.gguf", context_length=64)
     model_dir = tmp_path / "models"
     (model_dir / "toy").mkdir(parents=True)
     os.symlink(outside, model_dir / "toy" / "toy.F32.gguf")
@@ -102,7 +87,7 @@ def test_symlink_out_of_the_model_dir_is_refused(toy: ModelSpec, tmp_path: Path)
 def test_hf_cache_is_found_without_network(toy: ModelSpec, tmp_path: Path) -> None:
     snapshot = tmp_path / "hf" / "models--example--toy-GGUF" / "snapshots" / ("a" * 40)
     snapshot.mkdir(parents=True)
-    write_small_gguf(snapshot / "toy.F32.gguf")
+    small_gguf(snapshot / "toy.F32.gguf", context_length=64)
     (tmp_path / "hf" / "models--example--toy-GGUF" / "refs").mkdir()
     (tmp_path / "hf" / "models--example--toy-GGUF" / "refs" / "main").write_text("a" * 40)
     resolver = Resolver(ArtifactCache(tmp_path / "cache"), hf_cache=tmp_path / "hf", verify=False)
@@ -113,10 +98,10 @@ def test_hf_cache_is_found_without_network(toy: ModelSpec, tmp_path: Path) -> No
 def test_model_dir_wins_over_hf_cache(toy: ModelSpec, tmp_path: Path) -> None:
     snapshot = tmp_path / "hf" / "models--example--toy-GGUF" / "snapshots" / ("a" * 40)
     snapshot.mkdir(parents=True)
-    write_small_gguf(snapshot / "toy.F32.gguf")
+    small_gguf(snapshot / "toy.F32.gguf", context_length=64)
     (tmp_path / "hf" / "models--example--toy-GGUF" / "refs").mkdir()
     (tmp_path / "hf" / "models--example--toy-GGUF" / "refs" / "main").write_text("a" * 40)
-    write_small_gguf(tmp_path / "toy.F32.gguf")
+    small_gguf(tmp_path / "toy.F32.gguf", context_length=64)
     resolver = Resolver(ArtifactCache(tmp_path / "cache"), model_dir=tmp_path, hf_cache=tmp_path / "hf", verify=False)
     assert resolver.resolve(toy, toy.artifact("gguf")).source == "model-dir"
 
@@ -142,7 +127,7 @@ def test_package_shipped_model_is_found_without_importing_the_package() -> None:
 def test_wrong_size_or_sha_is_a_format_error(tmp_path: Path) -> None:
     text = CATALOG.replace("primary = true", 'primary = true\nsize = 12\nsha256 = "' + "0" * 64 + '"')
     toy = parse_catalog(text, "toy.toml")["toy"]
-    write_small_gguf(tmp_path / "toy.F32.gguf")
+    small_gguf(tmp_path / "toy.F32.gguf", context_length=64)
     resolver = Resolver(ArtifactCache(tmp_path / "cache"), model_dir=tmp_path, verify=False)
     with pytest.raises(FormatError, match=r"toy.F32.gguf: size is \d+ bytes, the catalog expects 12"):
         resolver.resolve(toy, toy.artifact("gguf"))
@@ -154,7 +139,7 @@ def test_wrong_size_or_sha_is_a_format_error(tmp_path: Path) -> None:
 
 
 def test_explicit_path_builds_a_one_off_model(tmp_path: Path) -> None:
-    path = write_small_gguf(tmp_path / "My Model.Q8.gguf")
+    path = small_gguf(tmp_path / "My Model.Q8.gguf", context_length=64)
     model = model_from_path(path)
     assert model.name == "my-model.q8"
     assert [a.format for a in model.artifacts] == ["gguf", "safetensors", "mlx"]
@@ -163,7 +148,7 @@ def test_explicit_path_builds_a_one_off_model(tmp_path: Path) -> None:
 
 def test_select_models_accepts_names_aliases_and_paths(tmp_path: Path) -> None:
     catalog = Catalog.load()
-    path = write_small_gguf(tmp_path / "x.gguf")
+    path = small_gguf(tmp_path / "x.gguf", context_length=64)
     chosen = select_models(catalog, ["tinyllama-1.1b", str(path), "tinyllama"])
     assert [m.name for m in chosen] == ["tinyllama", "x"]
 

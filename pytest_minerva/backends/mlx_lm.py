@@ -24,6 +24,7 @@ from mlx_lm.models.cache import make_prompt_cache
 from pytest_minerva.backends.base import DeviceMemory, GenerationRequest, LoadOptions, TokenEvent
 from pytest_minerva.backends.hf_text import HfTokenizerMixin, TextDeltas
 from pytest_minerva.errors import BackendUnavailable, FormatError, MinervaError
+from pytest_minerva.formats.custom_code import refuse_custom_code
 
 if TYPE_CHECKING:
     from pytest_minerva.models.resolve import ResolvedArtifact
@@ -68,12 +69,16 @@ class MlxLmBackend(HfTokenizerMixin):
         if not (artifact.path / "config.json").is_file():
             # mlx_lm.load would take a missing path for a Hugging Face repo id and try to download it.
             raise FormatError(artifact.path, "not an MLX model directory (no config.json)")
+        refuse_custom_code(artifact.path)
         self.dtype = options.dtype
         self.n_ctx = options.n_ctx
         self.artifact_path = artifact.path
         started = time.perf_counter()
         with mx.stream(self._stream):
-            loaded = mlx_lm.load(str(artifact.path))
+            # Never the model's own code: mlx-lm's default tokenizer load lets transformers ask on stdin.
+            loaded = mlx_lm.load(
+                str(artifact.path), tokenizer_config={"trust_remote_code": False}, trust_remote_code=False
+            )
             model, tokenizer = loaded[0], loaded[1]
             if options.dtype != "float32":
                 model.set_dtype(getattr(mx, options.dtype))

@@ -3,7 +3,9 @@
 With ``LoadOptions.extra["endpoint"]`` (the ``--minerva-endpoint`` URL) the adapter
 talks to that server; the API key is read from the environment variable named by
 ``extra["api_key_env"]`` (``--minerva-api-key-env``) at each request and is never
-stored, shown or logged. Without an endpoint it starts ``llama_cpp.server`` on
+stored, shown or logged: a failed request is a one-line :class:`ServingError` or
+:class:`MinervaError` with the key redacted, and no traceback local holds it
+(:mod:`pytest_minerva.serving.client`). Without an endpoint it starts ``llama_cpp.server`` on
 loopback on the artifact's GGUF (:class:`~pytest_minerva.serving.server.LlamaCppServer`,
 ``options.threads`` threads, ``options.n_ctx`` context) and stops it in :meth:`close`.
 
@@ -47,7 +49,7 @@ from typing import TYPE_CHECKING, Any
 
 from pytest_minerva.backends.base import GenerationRequest, LoadOptions, TokenEvent
 from pytest_minerva.errors import BackendUnavailable, LogitsUnavailable, MinervaError
-from pytest_minerva.serving.client import Endpoint, HttpStatusError, Timeouts, request_json
+from pytest_minerva.serving.client import Endpoint, HttpStatusError, Timeouts, request_json, shorten
 from pytest_minerva.serving.sse import StreamResult, stream_request
 
 if TYPE_CHECKING:
@@ -106,6 +108,13 @@ class TopkAgreement:
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+
+def _token_ids(tokens: object) -> list[int] | None:
+    """``tokens`` as a list of ids, or None when it is not a list of integers."""
+    if not isinstance(tokens, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in tokens):
+        return None
+    return [int(t) for t in tokens]
 
 
 def _clean(text: str) -> str:
@@ -306,7 +315,9 @@ class OpenAIHttpBackend:
         if self._local is not None:
             return [int(t) for t in self._local.tokenize(text.encode("utf-8"), add_bos=False, special=True)]
         answer = request_json(self.endpoint, "POST", "/extras/tokenize", {"input": text}, timeouts=self.timeouts)
-        ids = [int(t) for t in answer.get("tokens", [])] if isinstance(answer, dict) else []
+        ids = _token_ids(answer.get("tokens", []) if isinstance(answer, dict) else [])
+        if ids is None:
+            raise MinervaError(f"openai_http: {self.endpoint.url}/extras/tokenize answered without a list of token ids")
         if self._add_bos and self.bos_id is not None and ids[:1] == [self.bos_id]:
             ids = ids[1:]
         return ids
@@ -447,15 +458,19 @@ class OpenAIHttpBackend:
         logprobs = choice.get("logprobs") if isinstance(choice, dict) else None
         if not isinstance(logprobs, dict) or not logprobs.get("top_logprobs"):
             raise LogitsUnavailable(f"openai_http: {self.endpoint.url} answered without top_logprobs")
-        usage = answer.get("usage") or {}
-        return ServedTopK(
-            prompt_tokens=int(usage.get("prompt_tokens", -1)),
-            tokens=tuple(str(t) for t in logprobs["tokens"]),
-            token_logprobs=tuple(float(x) for x in logprobs["token_logprobs"]),
-            top=tuple({str(t): float(v) for t, v in (d or {}).items()} for d in logprobs["top_logprobs"]),
-            k=k,
-            finish_reason=choice.get("finish_reason"),
-        )
+        try:
+            usage = answer.get("usage") or {}
+            return ServedTopK(
+                prompt_tokens=int(usage.get("prompt_tokens", -1)),
+                tokens=tuple(str(t) for t in logprobs["tokens"]),
+                token_logprobs=tuple(float(x) for x in logprobs["token_logprobs"]),
+                top=tuple({str(t): float(v) for t, v in (d or {}).items()} for d in logprobs["top_logprobs"]),
+                k=k,
+                finish_reason=choice.get("finish_reason"),
+            )
+        except (TypeError, ValueError, KeyError, AttributeError) as exc:
+            why = shorten(f"{type(exc).__name__}: {exc}", 100)
+        raise MinervaError(f"openai_http: {self.endpoint.url} answered logprobs of the wrong shape ({why})")
 
     def logits(self, ids: Sequence[int]) -> np.ndarray:
         """Always raises :class:`LogitsUnavailable`: a server returns top-k logprobs, not logits."""

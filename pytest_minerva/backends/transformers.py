@@ -20,11 +20,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 import transformers
-from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
+from transformers import CONFIG_MAPPING, AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
 from pytest_minerva.backends.base import BatchGeneration, DeviceMemory, GenerationRequest, LoadOptions, TokenEvent
 from pytest_minerva.backends.hf_text import HfTokenizerMixin, TextDeltas
 from pytest_minerva.errors import BackendUnavailable, MinervaError
+from pytest_minerva.formats.custom_code import refuse_custom_code
 
 if TYPE_CHECKING:
     from pytest_minerva.models.resolve import ResolvedArtifact
@@ -75,13 +76,16 @@ class TransformersBackend(HfTokenizerMixin):
         self.n_ctx = options.n_ctx
         self.artifact_path = artifact.path
         self.source_format = artifact.format
+        # trust_remote_code=False: a model's own code is never run, and transformers raises instead of asking on stdin.
         if artifact.format == "gguf":
             where: dict[str, Any] = {
                 "pretrained_model_name_or_path": str(artifact.path.parent),
                 "gguf_file": artifact.path.name,
+                "trust_remote_code": False,
             }
         elif artifact.format == "safetensors":
-            where = {"pretrained_model_name_or_path": str(artifact.path)}
+            refuse_custom_code(artifact.path, CONFIG_MAPPING)
+            where = {"pretrained_model_name_or_path": str(artifact.path), "trust_remote_code": False}
         else:
             raise MinervaError(f"{artifact.path}: transformers loads gguf or safetensors, not {artifact.format}")
         started = time.perf_counter()

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from pytest_minerva.errors import ArtifactMissing, BackendUnavailable, MinervaError
+from pytest_minerva.option_types import output_file
 from pytest_minerva.options import (
     API_KEY_ENV,
     BACKEND,
@@ -69,8 +70,10 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         help="skip the extra untimed generation that measures KV-cache growth",
     )
     add_cli_options(bench, "bench", ENDPOINT, API_KEY_ENV, ISOLATE)
-    bench.add_argument("--json", metavar="PATH", help="write the results document (schema version 1) here")
-    bench.add_argument("--csv", metavar="PATH", help="write one row per timed run here")
+    bench.add_argument(
+        "--json", type=output_file, metavar="PATH", help="write the results document (schema version 1) here"
+    )
+    bench.add_argument("--csv", type=output_file, metavar="PATH", help="write one row per timed run here")
     add_location_options(bench, "bench")
     bench.set_defaults(func=cmd_bench)
 
@@ -212,11 +215,11 @@ def _bench_in_child(
 
 def bench_child() -> int:
     """The child of :func:`_bench_in_child`: load one case here, measure, send the results."""
-    from pytest_minerva.guards import protocol_output, read_message_blocking, write_message
+    from pytest_minerva.guards import protocol_input, protocol_output, read_message_blocking, write_message
     from pytest_minerva.timing import harness, scenarios
 
     out = protocol_output()
-    message = read_message_blocking(sys.stdin.buffer)
+    message = read_message_blocking(protocol_input())  # an engine that reads stdin gets end-of-file
     if message is None:
         return 2
     request = message[0]

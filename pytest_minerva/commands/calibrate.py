@@ -18,9 +18,12 @@ import sys
 from collections import defaultdict
 from typing import Any, TextIO
 
-from pytest_minerva.errors import ArtifactMissing, MinervaError
+from pytest_minerva.errors import ArtifactMissing, MinervaError, printable
+from pytest_minerva.option_types import plain_text
 from pytest_minerva.options import CACHE_DIR, MODEL, THREADS, TOLERANCES, Settings, add_cli_options
 from pytest_minerva.session import build_session
+from pytest_minerva.storage.paths import check_output_file
+from pytest_minerva.timing.report import cell
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
@@ -31,7 +34,12 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     )
     add_cli_options(parser, "calibrate", MODEL, model={"action": "append"})
     parser.add_argument(
-        "--profile", action="append", default=None, metavar="NAME", help="record only these profiles; repeatable"
+        "--profile",
+        action="append",
+        type=plain_text,
+        default=None,
+        metavar="NAME",
+        help="record only these profiles; repeatable",
     )
     add_cli_options(parser, "calibrate", TOLERANCES)
     add_cli_options(parser, "calibrate", THREADS, CACHE_DIR)
@@ -51,9 +59,11 @@ def cmd_calibrate(args: argparse.Namespace, out: TextIO | None = None) -> int:
     from pytest_minerva.equivalence import runner
     from pytest_minerva.equivalence.calibration import record_measurements
     from pytest_minerva.equivalence.profiles import Measurement
-    from pytest_minerva.equivalence.tolerances import load_known_divergences, load_profiles
+    from pytest_minerva.equivalence.tolerances import default_tolerances_path, load_known_divergences, load_profiles
 
     out = out or sys.stdout
+    if not args.dry_run:  # the file is rewritten at the end: refuse now rather than after measuring
+        check_output_file(args.tolerances or default_tolerances_path())
     session = _session(args)
     divergences = load_known_divergences(args.tolerances)
     wanted = set(args.profile or [])
@@ -67,12 +77,12 @@ def cmd_calibrate(args: argparse.Namespace, out: TextIO | None = None) -> int:
             ref_case, cand_case = pair.reference, pair.candidate
             skip = session.check_runnable(ref_case) or session.check_runnable(cand_case)
             if skip:
-                out.write(f"<!-- skipped {pair.id}: {skip} -->\n")
+                out.write(f"<!-- skipped {printable(pair.id)}: {printable(skip)} -->\n")
                 continue
             try:
                 ref_art, cand_art = session.resolve(ref_case), session.resolve(cand_case)
             except ArtifactMissing as exc:
-                out.write(f"<!-- skipped {pair.id}: {exc} -->\n")
+                out.write(f"<!-- skipped {printable(pair.id)}: {printable(exc)} -->\n")
                 continue
             same = ref_art.weights_origin().id == cand_art.weights_origin().id
             profile = runner.profile_for(ref_case, cand_case, same, args.tolerances, calibrated=False)
@@ -93,9 +103,9 @@ def cmd_calibrate(args: argparse.Namespace, out: TextIO | None = None) -> int:
                 values = {m: report.metric_value(m) for m in ("kl_mean", "kl_max", "top1_agreement", "max_dlogit")}
                 note = " (known divergence: not recorded)" if known else ""
                 out.write(
-                    f"| {ref_case.model.name} | {_label(ref_case)} | {_label(cand_case)} | {prompt.name} "
-                    f"| {profile.name}{note} | {values['kl_mean']:.3g} | {values['kl_max']:.3g} "
-                    f"| {values['top1_agreement']:.3f} | {values['max_dlogit']:.3g} |\n"
+                    f"| {cell(ref_case.model.name)} | {cell(_label(ref_case))} | {cell(_label(cand_case))} "
+                    f"| {cell(prompt.name)} | {cell(profile.name)}{note} | {values['kl_mean']:.3g} "
+                    f"| {values['kl_max']:.3g} | {values['top1_agreement']:.3f} | {values['max_dlogit']:.3g} |\n"
                 )
                 if known:
                     continue
@@ -112,7 +122,7 @@ def cmd_calibrate(args: argparse.Namespace, out: TextIO | None = None) -> int:
                     )
                 )
     except MinervaError as exc:
-        print(f"minerva calibrate: {exc}", file=sys.stderr)
+        print(f"minerva calibrate: {printable(exc)}", file=sys.stderr)
         return 1
     finally:
         session.close()

@@ -25,6 +25,15 @@ from pytest_minerva.compare import (
     markdown,
 )
 from pytest_minerva.errors import MinervaError
+from pytest_minerva.option_types import (
+    Count,
+    input_directory,
+    kind,
+    output_file,
+    plain_text,
+    seed_value,
+    timeout_seconds,
+)
 from pytest_minerva.options import (
     BACKEND,
     MODEL,
@@ -35,13 +44,11 @@ from pytest_minerva.options import (
     Settings,
     add_cli_options,
     add_location_options,
-    non_negative_int,
-    positive_float,
-    positive_int,
 )
 from pytest_minerva.session import build_session
 
 
+@kind("fraction")
 def _fraction(value: str) -> float:
     try:
         number = float(value.rstrip("%")) / (100 if value.endswith("%") else 1)
@@ -52,6 +59,7 @@ def _fraction(value: str) -> float:
     return number
 
 
+@kind("fraction")
 def _confidence(value: str) -> float:
     number = _fraction(value)
     if not 0.5 <= number < 1:
@@ -59,6 +67,7 @@ def _confidence(value: str) -> float:
     return number
 
 
+@kind("name")
 def _figure(value: str) -> str:
     if value not in HIGHER_IS_WORSE:
         raise argparse.ArgumentTypeError(f"unknown figure {value!r}; choose from {', '.join(HIGHER_IS_WORSE)}")
@@ -76,8 +85,10 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
             "could not be made."
         ),
     )
-    parser.add_argument("base", metavar="BASE", help="git revision, interpreter or venv (results file with --results)")
-    parser.add_argument("head", metavar="HEAD", help="as BASE: the build under suspicion")
+    parser.add_argument(
+        "base", type=plain_text, metavar="BASE", help="git revision, interpreter or venv (results file with --results)"
+    )
+    parser.add_argument("head", type=plain_text, metavar="HEAD", help="as BASE: the build under suspicion")
     parser.add_argument(
         "--results",
         action="store_true",
@@ -85,12 +96,14 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--repo",
+        type=input_directory,
         default=".",
         metavar="DIR",
         help="git repository holding the code under test (default: the current directory)",
     )
     parser.add_argument(
         "--src",
+        type=plain_text,
         default=".",
         metavar="DIR",
         help="directory inside the repository that goes first on PYTHONPATH (default: its top, '.')",
@@ -98,13 +111,14 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     add_cli_options(parser, "compare", MODEL, BACKEND, SCENARIO, THREADS, RUNS, WARMUP, model={"action": None})
     parser.add_argument(
         "--rounds",
-        type=positive_int,
+        type=Count(1, 1000),
         default=10,
         metavar="N",
         help="interleaved rounds, each running both builds once (default: 10; at least 6 at 0.95 confidence)",
     )
     parser.add_argument(
         "--command",
+        type=plain_text,
         metavar="CMD",
         help="benchmark command instead of 'minerva bench'; {python} is the build's interpreter and the "
         "command must write a results document to {json} (default: minerva bench with the options above)",
@@ -137,19 +151,25 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         help="ratio statistic: median or geometric mean of the per-round ratios (default: median)",
     )
     parser.add_argument(
-        "--resamples", type=positive_int, default=10_000, metavar="N", help="bootstrap resamples (default: 10000)"
+        "--resamples",
+        type=Count(1, 1_000_000),
+        default=10_000,
+        metavar="N",
+        help="bootstrap resamples (default: 10000)",
     )
     parser.add_argument(
-        "--seed", type=non_negative_int, default=0, metavar="N", help="seed of the run order and bootstrap (default: 0)"
+        "--seed", type=seed_value, default=0, metavar="N", help="seed of the run order and bootstrap (default: 0)"
     )
     parser.add_argument(
         "--timeout",
-        type=positive_float,
+        type=timeout_seconds,
         default=900.0,
         metavar="SECONDS",
         help="limit for one benchmark invocation (default: 900)",
     )
-    parser.add_argument("--json", metavar="PATH", help="write the comparison document here (written on errors too)")
+    parser.add_argument(
+        "--json", type=output_file, metavar="PATH", help="write the comparison document here (written on errors too)"
+    )
     add_location_options(parser, "compare")
     parser.set_defaults(func=cmd_compare)
 

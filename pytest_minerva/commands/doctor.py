@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, TextIO
 
-from pytest_minerva.errors import BackendUnavailable, MinervaError
+from pytest_minerva.errors import BackendUnavailable, MinervaError, printable
 
 #: The prompt every backend completes; a trained model continues it with a capital city.
 PROMPT = "The capital of France is"
@@ -162,7 +162,8 @@ def check_backend(session: Any, spec: Any, *, limit_s: float, tokens: int) -> li
 
 
 def render(model: str, checks: Sequence[EngineCheck]) -> str:
-    lines = [f"minerva doctor: each engine loads {model} in a worker process and completes {PROMPT!r}", ""]
+    """The report; what an engine, a model file or a plugin said is escaped, one line each."""
+    lines = [f"minerva doctor: each engine loads {printable(model)} in a worker process and completes {PROMPT!r}", ""]
     width = max((len(c.backend) for c in checks), default=8)
     for check in checks:
         versions = ", ".join(f"{k} {v}" for k, v in check.versions.items()) or "not installed"
@@ -170,7 +171,7 @@ def render(model: str, checks: Sequence[EngineCheck]) -> str:
         features = check.facts.get("features")
         build = {k: v for k, v in check.facts.items() if k not in ("features", "system_info", "version")}
         if features is not None:
-            lines.append(f"{'':<{width}}  build: {' '.join(features) or 'no SIMD features reported'}")
+            lines.append(f"{'':<{width}}  build: {' '.join(map(str, features)) or 'no SIMD features reported'}")
         if build:
             lines.append(f"{'':<{width}}  build: " + ", ".join(f"{k}={v}" for k, v in build.items()))
         lines.append(f"{'':<{width}}  {check.detail}")
@@ -178,19 +179,12 @@ def render(model: str, checks: Sequence[EngineCheck]) -> str:
             lines.append(f"{'':<{width}}  fix: {check.fix}")
     bad = [c for c in checks if c.status != "ok"]
     lines += ["", "every engine works here" if not bad else f"{len(bad)} of {len(checks)} checks need attention"]
-    return "\n".join(lines) + "\n"
+    return "\n".join(printable(line) for line in lines) + "\n"
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
-    from pytest_minerva.options import (
-        BACKEND,
-        MODEL,
-        THREADS,
-        add_cli_options,
-        add_location_options,
-        positive_float,
-        positive_int,
-    )
+    from pytest_minerva.option_types import Count, output_file, timeout_seconds
+    from pytest_minerva.options import BACKEND, MODEL, THREADS, add_cli_options, add_location_options
 
     doctor = subparsers.add_parser(
         "doctor",
@@ -199,12 +193,12 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     )
     add_cli_options(doctor, "doctor", BACKEND, MODEL, model={"action": None})
     doctor.add_argument(
-        "--timeout", type=positive_float, default=300.0, metavar="SECONDS", help="limit per step (default: 300)"
+        "--timeout", type=timeout_seconds, default=300.0, metavar="SECONDS", help="limit per step (default: 300)"
     )
-    doctor.add_argument("--tokens", type=positive_int, default=8, metavar="N", help="tokens to generate (default: 8)")
+    doctor.add_argument("--tokens", type=Count(1, 4096), default=8, metavar="N", help="tokens to generate (default: 8)")
     add_cli_options(doctor, "doctor", THREADS)
     doctor.add_argument("--require-all", action="store_true", help="a missing backend also fails (exit 1)")
-    doctor.add_argument("--json", metavar="PATH", help="also write the checks as JSON here")
+    doctor.add_argument("--json", type=output_file, metavar="PATH", help="also write the checks as JSON here")
     add_location_options(doctor, "doctor")
     doctor.set_defaults(func=cmd_doctor)
 
@@ -230,6 +224,6 @@ def cmd_doctor(args: argparse.Namespace, out: TextIO | None = None) -> int:
     failed = [c for c in checks if c.failed or (args.require_all and c.status == "missing")]
     if failed:
         names = ", ".join(f"{c.backend} ({c.status})" for c in failed)
-        print(f"minerva doctor: {names}; see the fixes above", file=sys.stderr)
+        print(f"minerva doctor: {printable(names)}; see the fixes above", file=sys.stderr)
         return 1
     return 0

@@ -8,9 +8,10 @@ import sys
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-from pytest_minerva.errors import MinervaError
+from pytest_minerva.errors import MinervaError, printable
 from pytest_minerva.models.catalog import ArtifactSpec, ModelSpec
-from pytest_minerva.options import Settings, add_location_options, directory
+from pytest_minerva.option_types import endpoint_url, plain_text, writable_directory
+from pytest_minerva.options import Settings, add_location_options
 from pytest_minerva.session import MinervaSession, build_session
 
 
@@ -71,17 +72,18 @@ def tokenizer_summary(manifest: dict[str, Any]) -> str | None:
 
 
 def models_table(session: MinervaSession, names: list[str] | None = None) -> str:
+    """What ``minerva models list`` prints; every name, path and message in it is one escaped line."""
     lines = []
     models = [session.catalog.get(n) for n in names] if names else list(session.catalog)
     for model in models:
         default = " (default)" if model.default else ""
-        lines.append(f"{model.name}{default}: {model.architecture}; {model.description}")
+        lines.append(printable(f"{model.name}{default}: {model.architecture}; {model.description}"))
         for spec in model.artifacts:
             status = artifact_status(session, model, spec)
-            lines.append(f"  {status.variant:<22} {status.state:<10} {status.where}")
+            lines.append(printable(f"  {status.variant:<22} {status.state:<10} {status.where}"))
             summary = tokenizer_summary(status.manifest) if status.manifest else None
             if summary:
-                lines.append(f"  {'':<22} {'':<10} {summary}")
+                lines.append(printable(f"  {'':<22} {'':<10} {summary}"))
     return "\n".join(lines) + "\n"
 
 
@@ -90,32 +92,36 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     models = subparsers.add_parser("models", help="list or fetch catalog models")
     models_sub = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
     listing = models_sub.add_parser("list", help="every model, which formats are here, and how to get the rest")
-    listing.add_argument("names", nargs="*", metavar="NAME", help="only these models")
+    listing.add_argument("names", nargs="*", type=plain_text, metavar="NAME", help="only these models")
     add_location_options(listing, "models")
     listing.set_defaults(func=cmd_models_list)
 
     fetch = models_sub.add_parser("fetch", help="download a catalog model from the Hugging Face Hub")
-    fetch.add_argument("name", metavar="NAME")
+    fetch.add_argument("name", type=plain_text, metavar="NAME")
     fetch.add_argument(
         "--format",
         action="append",
         choices=["gguf", "safetensors", "mlx"],
         help="formats to fetch (default: every format with a Hub repo)",
     )
-    fetch.add_argument("--quant", metavar="QUANT", help="GGUF quantization, e.g. Q4_K_M (default: all listed)")
+    fetch.add_argument(
+        "--quant", type=plain_text, metavar="QUANT", help="GGUF quantization, e.g. Q4_K_M (default: all listed)"
+    )
     fetch.add_argument(
         "--hf-cache",
-        type=directory,
+        type=writable_directory,
         metavar="DIR",
         help="Hugging Face cache to download into (default: the standard one)",
     )
     fetch.add_argument(
         "--local-dir",
-        type=directory,
+        type=writable_directory,
         metavar="DIR",
         help="download into DIR/<model>/ instead of the Hugging Face cache",
     )
-    fetch.add_argument("--endpoint", metavar="URL", help="Hub endpoint (default: $HF_ENDPOINT or huggingface.co)")
+    fetch.add_argument(
+        "--endpoint", type=endpoint_url, metavar="URL", help="Hub endpoint (default: $HF_ENDPOINT or huggingface.co)"
+    )
     fetch.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_location_options(fetch, "models")
     fetch.set_defaults(func=cmd_models_fetch)
@@ -142,5 +148,5 @@ def cmd_models_fetch(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     for path in paths:
-        print(path)
+        print(printable(path))
     return 0

@@ -18,7 +18,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from pytest_minerva.errors import MinervaError
+from pytest_minerva.errors import MinervaError, printable
+from pytest_minerva.option_types import (
+    MAX_CONTEXT,
+    Amount,
+    Count,
+    Counts,
+    output_file,
+    seed_value,
+    timeout_seconds,
+)
 from pytest_minerva.options import (
     API_KEY_ENV,
     ENDPOINT,
@@ -28,20 +37,19 @@ from pytest_minerva.options import (
     Settings,
     add_cli_options,
     add_location_options,
-    positive_float,
-    positive_int,
 )
 from pytest_minerva.session import MinervaSession, build_session
+from pytest_minerva.timing.report import cell
 
 PROMPT_FILE = "long.txt"
 
-
-def int_list(value: str) -> list[int]:
-    """``1,2,4,8`` as a list of positive integers."""
-    out = [positive_int(part.strip()) for part in value.split(",") if part.strip()]
-    if not out:
-        raise argparse.ArgumentTypeError("needs at least one number, e.g. 1,2,4,8")
-    return out
+#: Requests in flight at once (a sweep level, a batch, N-at-once): each is a connection and a
+#: thread here and a slot on the server; a thousand is past any server this measures.
+in_flight = Count(1, 1024)
+#: Requests sent in one run of a level or a rate.
+request_count = Count(1, 100_000)
+#: A token count (generated, prompt, context): no model has a longer context.
+token_count = Count(1, MAX_CONTEXT)
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
@@ -55,75 +63,77 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     bench.add_argument("--api", choices=["completions", "chat"], default="completions", help="default: completions")
     bench.add_argument(
         "--concurrency",
-        type=int_list,
+        type=Counts(in_flight),
         default=[1, 2, 4, 8],
         metavar="N,N",
         help="in-flight requests per sweep level (default: 1,2,4,8)",
     )
     bench.add_argument(
         "--requests",
-        type=positive_int,
+        type=request_count,
         metavar="N",
         help="requests per sweep level (default: max(4, 2 x concurrency))",
     )
     bench.add_argument(
         "--rounds",
-        type=positive_int,
+        type=Count(1, 1000),
         default=2,
         metavar="N",
         help="run the sweep N times, alternating the order of levels, and pool each level (default: 2)",
     )
     bench.add_argument(
-        "--max-tokens", type=positive_int, default=32, metavar="N", help="tokens per request (default: 32)"
+        "--max-tokens", type=token_count, default=32, metavar="N", help="tokens per request (default: 32)"
     )
     bench.add_argument(
-        "--prompt-tokens", type=positive_int, default=64, metavar="N", help="prompt length in tokens (default: 64)"
+        "--prompt-tokens", type=token_count, default=64, metavar="N", help="prompt length in tokens (default: 64)"
     )
     bench.add_argument(
-        "--duration", type=positive_float, metavar="SECONDS", help="stop sending new requests of a level after this"
+        "--duration", type=timeout_seconds, metavar="SECONDS", help="stop sending new requests of a level after this"
     )
     bench.add_argument(
         "--sequential-vs-concurrent",
-        type=positive_int,
+        type=in_flight,
         metavar="N",
         help="also send N requests one at a time, then N at once",
     )
     bench.add_argument(
         "--rate",
-        type=positive_float,
+        type=Amount(10_000.0),
         action="append",
         metavar="RPS",
         help="also run Poisson arrivals at this many requests/s; repeatable",
     )
     bench.add_argument(
-        "--rate-requests", type=positive_int, default=16, metavar="N", help="requests per rate run (default: 16)"
+        "--rate-requests", type=request_count, default=16, metavar="N", help="requests per rate run (default: 16)"
     )
-    bench.add_argument("--seed", type=int, default=0, help="seed of the Poisson schedule (default: 0)")
-    bench.add_argument("--slo-ttft-ms", type=positive_float, metavar="MS", help="goodput SLO on TTFT")
-    bench.add_argument("--slo-tpt-ms", type=positive_float, metavar="MS", help="goodput SLO on TpT")
+    bench.add_argument(
+        "--seed", type=seed_value, default=0, metavar="N", help="seed of the Poisson schedule (default: 0)"
+    )
+    bench.add_argument("--slo-ttft-ms", type=Amount(86_400_000.0), metavar="MS", help="goodput SLO on TTFT")
+    bench.add_argument("--slo-tpt-ms", type=Amount(86_400_000.0), metavar="MS", help="goodput SLO on TpT")
     bench.add_argument(
         "--compare-in-process",
-        type=positive_int,
+        type=Count(1, 10_000),
         metavar="N",
         help="also generate N prompts through the server and in-process with llama.cpp, alternately, and "
         "report served / in-process ratios",
     )
     bench.add_argument(
         "--batch",
-        type=int_list,
+        type=Counts(in_flight),
         metavar="B,B",
         help="also time batched generation in-process with transformers at these batch sizes (e.g. 1,2,4,8)",
     )
     add_cli_options(bench, "serve-bench", RUNS, THREADS)
-    bench.add_argument("--n-ctx", type=positive_int, default=2048, metavar="N", help="server context (default: 2048)")
+    bench.add_argument("--n-ctx", type=token_count, default=2048, metavar="N", help="server context (default: 2048)")
     bench.add_argument(
         "--timeout",
-        type=positive_float,
+        type=timeout_seconds,
         default=60.0,
         metavar="SECONDS",
         help="give up on a request after this long without data (default: 60)",
     )
-    bench.add_argument("--json", metavar="PATH", help="write every figure and request here")
+    bench.add_argument("--json", type=output_file, metavar="PATH", help="write every figure and request here")
     add_location_options(bench, "serve-bench")
     bench.set_defaults(func=cmd_serve_bench)
 
@@ -153,7 +163,7 @@ def load_table(rows: Sequence[Any], sweep: Any = None, label: str = "in-flight")
     ]
     for r in rows:
         failures = ", ".join(f"{k} {v}" for k, v in sorted(r.failures_by_reason().items()))
-        failed = f"{len(r.failed)} ({failures})" if failures else "0"
+        failed = cell(f"{len(r.failed)} ({failures})") if failures else "0"
         speedup = sweep.speedup(r) if sweep is not None else None
         efficiency = sweep.efficiency(r) if sweep is not None else None
         lines.append(
@@ -226,10 +236,10 @@ def cmd_serve_bench(args: argparse.Namespace, out: TextIO | None = None) -> int:
             "server": server.info() if server is not None else None,
         }
         document["settings"] = settings
-        out.write(f"# minerva serve-bench: {where}\n\n")
+        out.write(f"# minerva serve-bench: {printable(where)}\n\n")
         out.write(
             f"{args.prompt_tokens}-token prompts (distinct), {args.max_tokens} generated tokens each (EOS ignored), "
-            f"greedy; SLO: {slo.describe()}; tokenizer: {token_source}.\n\n"
+            f"greedy; SLO: {printable(slo.describe())}; tokenizer: {printable(token_source)}.\n\n"
         )
         rss_before = server.rss_bytes() if server is not None else None
         sweep = loadgen.concurrency_sweep(
@@ -284,7 +294,10 @@ def cmd_serve_bench(args: argparse.Namespace, out: TextIO | None = None) -> int:
         examples = {k: v for r in all_runs for k, v in r.failure_examples().items()}
         if examples:
             out.write("## Failed requests\n\n")
-            out.write("".join(f"- {reason}: {message}\n" for reason, message in sorted(examples.items())) + "\n")
+            out.write(
+                "".join(printable(f"- {reason}: {message}") + "\n" for reason, message in sorted(examples.items()))
+            )
+            out.write("\n")
         if args.compare_in_process:
             document["served_vs_in_process"] = _compare(args, endpoint, workload, artifact, tokenize, used, server, out)
         if artifact is not None:
@@ -301,7 +314,7 @@ def cmd_serve_bench(args: argparse.Namespace, out: TextIO | None = None) -> int:
         envelope["serving"] = document
         session.update_report(envelope)
         path = atomic_write_json(args.json, envelope)
-        out.write(f"wrote {path}\n")
+        out.write(f"wrote {printable(path)}\n")
     return 1 if failures else 0
 
 
@@ -377,7 +390,7 @@ def _kv_section(artifact: Any, concurrency: int, rss_before: int | None, rss_aft
     try:
         projection = kv_projection(summary.metadata, "llama_cpp", {"kv_cache_dtype": SERVER_KV_CACHE_DTYPE})
     except MinervaError as exc:
-        out.write(f"## KV cache\n\n{exc}\n\n")
+        out.write(f"## KV cache\n\n{printable(exc)}\n\n")
         return {"error": str(exc)}
     out.write(f"## KV cache per sequence (computed, llama.cpp {projection.cache_dtype})\n\n")
     out.write(f"{projection.formula} = {projection.bytes_per_token:,.0f} bytes per token.\n\n")
@@ -411,8 +424,11 @@ def _batch_section(args: argparse.Namespace, artifact: Any, prompts: Sequence[st
     finally:
         backend.close()
     out.write(
-        f"## Batched generation, transformers in-process ({info.get('dtype')}, {info.get('threads')} thread(s), "
-        f"{args.runs} runs, medians)\n\n"
+        printable(
+            f"## Batched generation, transformers in-process ({info.get('dtype')}, {info.get('threads')} thread(s), "
+            f"{args.runs} runs, medians)"
+        )
+        + "\n\n"
     )
     out.write("| batch | prefill ms | TpT ms (one step) | decode tok/s | efficiency | rows = alone |\n")
     out.write("|---:|---:|---:|---:|---:|---|\n")
@@ -427,7 +443,7 @@ def _batch_section(args: argparse.Namespace, artifact: Any, prompts: Sequence[st
         metadata = (artifact.summary or formats.verify(artifact.path)).metadata
         projection = kv_projection(metadata, "transformers", info)
     except MinervaError as exc:
-        out.write(f"\n{exc}\n\n")
+        out.write(f"\n{printable(exc)}\n\n")
         return data
     out.write(f"\nKV cache (computed, {projection.cache_dtype}): {projection.formula}.\n\n")
     header = " | ".join(f"batch {b} MiB" for b in args.batch)

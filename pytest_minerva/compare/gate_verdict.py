@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TextIO
 
 from pytest_minerva.compare.gate import Finding, GateError, git
+from pytest_minerva.errors import printable
 
 ACK_LABEL = "perf-regression-ok"
 ACK_TRAILER = "Minerva-Accept-Slowdown"
@@ -57,7 +58,7 @@ def find_acknowledgements(
 
 def _cell(text: str, limit: int = 200) -> str:
     """Untrusted text (commit messages, tool output) made safe for one markdown table cell."""
-    text = " ".join(str(text).split())
+    text = printable(" ".join(str(text).split()))
     if len(text) > limit:
         text = text[: limit - 1] + "…"
     return text.replace("\\", "\\\\").replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;").replace("`", "'")
@@ -101,7 +102,7 @@ def render_summary(
     errors = [f for f in findings if f.status == "error" and f.log_tail]
     for f in errors:
         lines += ["", f"<details><summary>{f.tool} output (last lines)</summary>", "", "```"]
-        lines += [line.replace("```", "'''") for line in f.log_tail.splitlines()[-25:]]
+        lines += [printable(line).replace("```", "'''") for line in f.log_tail.splitlines()[-25:]]
         lines += ["```", "", "</details>"]
     lines += ["", "### Acknowledgement", ""]
     if acks:

@@ -75,14 +75,20 @@ def compare_document(
 
 
 def _side(document: Mapping[str, Any], role: str) -> str:
+    from pytest_minerva.timing.report import text
+
     side = document.get(role) or {}
     commit = side.get("commit")
-    return f"{side.get('spec', '?')}" + (f" ({commit[:12]})" if commit else "")
+    return text(f"{side.get('spec', '?')}" + (f" ({str(commit)[:12]})" if commit else ""))
 
 
 def markdown(document: Mapping[str, Any]) -> str:
-    """The comparison as markdown: a header, the method in one paragraph, one row per benchmark figure."""
-    from pytest_minerva.timing.report import number
+    """The comparison as markdown: a header, the method in one paragraph, one row per benchmark figure.
+
+    Names, errors and notes may come from a results file or a build's output, so each is
+    escaped to one line, and ``|`` in a table cell cannot split its row.
+    """
+    from pytest_minerva.timing.report import cell, number, text
 
     criteria = document["criteria"]
     settings = document.get("settings") or {}
@@ -90,7 +96,7 @@ def markdown(document: Mapping[str, Any]) -> str:
     lines = [
         f"## minerva compare: BASE {_side(document, 'base')} vs HEAD {_side(document, 'head')}",
         "",
-        f"Status: **{document['status']}**: {document['reason']}",
+        text(f"Status: **{document['status']}**: {document['reason']}"),
         "",
     ]
     statistic = "median" if criteria["statistic"] == "median" else "geometric mean"
@@ -129,12 +135,13 @@ def markdown(document: Mapping[str, Any]) -> str:
             "|---|---|---|---|---|---|---|---|",
         ]
         for c in document["comparisons"]:
-            verdict = f"**{c['verdict']}**" if c["verdict"] == "slower" else c["verdict"]
+            verdict = f"**{c['verdict']}**" if c["verdict"] == "slower" else cell(c["verdict"])
             lines.append(
-                f"| {c['benchmark']} | {c['figure']} | {number(c['base_median'])} | {number(c['head_median'])} "
+                f"| {cell(c['benchmark'])} | {cell(c['figure'])} "
+                f"| {number(c['base_median'])} | {number(c['head_median'])} "
                 f"| {c['ratio']:.3f} | {c['ci_low']:.3f}–{c['ci_high']:.3f} | {c['p_value']:.3g} | {verdict} |"
             )
     for title, items in (("Errors", document["errors"]), ("Notes", document["notes"])):
         if items:
-            lines += ["", f"{title}:", *[f"- {item}" for item in items]]
+            lines += ["", f"{title}:", *[f"- {text(item)}" for item in items]]
     return "\n".join(lines) + "\n"

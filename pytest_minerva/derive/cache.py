@@ -23,6 +23,7 @@ from filelock import FileLock, Timeout
 
 from pytest_minerva.errors import MinervaError, PathEscape
 from pytest_minerva.storage.atomic import atomic_directory, atomic_write_json, remove_stale_temporaries
+from pytest_minerva.storage.paths import check_directory_if_present, check_writable_directory
 
 MANIFEST = "minerva-artifact.json"
 LOCK_TIMEOUT_S = 1800.0
@@ -40,8 +41,11 @@ def default_cache_dir() -> Path:
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    from pytest_minerva.formats.common import open_regular
+
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
+    fd, _info = open_regular(path, path)  # a FIFO swapped in for the model would block a plain open()
+    with os.fdopen(fd, "rb") as handle:
         while block := handle.read(chunk):
             digest.update(block)
     return digest.hexdigest()
@@ -59,7 +63,22 @@ class ArtifactCache:
     """A directory of content-addressed build outputs."""
 
     def __init__(self, root: str | Path) -> None:
-        self.root = Path(root).expanduser().resolve()
+        """A symlink loop or a file as ``root`` raises :class:`MinervaError` here; a missing
+        ``root`` is made by :meth:`ensure_writable`, or by the first build."""
+        try:
+            self.root = check_directory_if_present(root).resolve()
+        except MinervaError as exc:
+            raise MinervaError(f"cache directory {exc}") from None
+        except (OSError, RuntimeError) as exc:  # RuntimeError: pathlib's symlink loop before Python 3.13
+            raise MinervaError(f"cache directory {root}: {exc}") from None
+
+    def ensure_writable(self) -> None:
+        """Create the cache directory if absent and check this process can write in it, so a
+        bad cache directory is one error when a session starts, not one per test."""
+        try:
+            check_writable_directory(self.root, create=True)
+        except MinervaError as exc:
+            raise MinervaError(f"cache directory {exc}") from None
 
     def entry_path(self, kind: str, key: str) -> Path:
         """``root/kind/key``; a kind or key that is not a plain name raises :class:`PathEscape`."""

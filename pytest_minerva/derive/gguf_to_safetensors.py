@@ -75,7 +75,7 @@ def check_config_against_gguf(hf_dir: str | Path, gguf_path: str | Path) -> list
     expected = gguf_declared_config(header)
     raw = read_json(hf_dir / "config.json")
     try:
-        config = AutoConfig.from_pretrained(hf_dir)
+        config = AutoConfig.from_pretrained(hf_dir, trust_remote_code=False)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         return [f"config.json: transformers cannot read it: {first_line(exc)}"]
     problems = compare_facts(expected, transformers_config_facts(config), subject="config.json")
@@ -110,8 +110,10 @@ def _load_with_transformers(gguf_path: Path) -> tuple[Any, Any]:
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     try:
-        tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
-        model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
+        # trust_remote_code=False: transformers raises rather than asking on stdin to run a model's code.
+        where: dict[str, Any] = {"gguf_file": gguf_path.name, "trust_remote_code": False}
+        tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, **where)
+        model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, **where, dtype=torch.float32)
     # transformers raises ValueError/KeyError/NotImplementedError/RuntimeError for GGUFs it cannot map.
     except (ValueError, KeyError, NotImplementedError, RuntimeError, OSError, TypeError) as exc:
         raise FormatError(gguf_path, f"transformers {version} cannot load it: {first_line(exc)}") from None
@@ -255,7 +257,7 @@ def check_tokenizer(
     from pytest_minerva.backends.hf_text import HfTokenizerText
 
     gguf_path = header.path
-    saved = AutoTokenizer.from_pretrained(dest)
+    saved = AutoTokenizer.from_pretrained(dest, trust_remote_code=False)
     n_tokens = header.array_lengths.get("tokenizer.ggml.tokens")
     if n_tokens is not None and len(saved) != n_tokens:
         raise FormatError(gguf_path, f"the saved tokenizer has {len(saved)} tokens, the GGUF lists {n_tokens}")

@@ -29,6 +29,7 @@ from pytest_minerva.derive.common import TOKENIZER_PROBES, first_line, read_json
 from pytest_minerva.derive.facts import Declared, compare_facts, legacy_config_keys, transformers_config_facts
 from pytest_minerva.equivalence.tokenizer_corpus import CORPUS_FILE, compare_on_corpus, corpus_sha256, load_corpus
 from pytest_minerva.errors import FormatError, MinervaError
+from pytest_minerva.formats.custom_code import refuse_custom_code
 
 if TYPE_CHECKING:
     from pytest_minerva.models.resolve import ResolvedArtifact
@@ -50,7 +51,7 @@ def _load_mlx_model(mlx_dir: Path) -> tuple[Any, dict[str, Any]]:
     from mlx_lm.utils import load_model
 
     try:
-        return load_model(mlx_dir, lazy=True)
+        return load_model(mlx_dir, lazy=True, trust_remote_code=False)
     # mlx-lm raises ValueError/KeyError/TypeError for configs it cannot build a model from.
     except (ValueError, KeyError, TypeError, FileNotFoundError) as exc:
         raise FormatError(mlx_dir, f"mlx-lm cannot build a model from it: {first_line(exc)}") from None
@@ -120,10 +121,11 @@ def mlx_model_facts(model: Any, config: dict[str, Any], where: str = "MLX model"
 
 def _mlx_against_source(mlx_dir: Path, hf_dir: Path) -> tuple[list[str], list[str], str]:
     """(problems, facts compared, mlx-lm model class) for an MLX directory and its source."""
-    from transformers import AutoConfig
+    from transformers import CONFIG_MAPPING, AutoConfig
 
+    refuse_custom_code(hf_dir, CONFIG_MAPPING)
     try:
-        source = AutoConfig.from_pretrained(hf_dir)
+        source = AutoConfig.from_pretrained(hf_dir, trust_remote_code=False)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         return [f"{hf_dir / 'config.json'}: transformers cannot read it: {first_line(exc)}"], [], ""
     expected = transformers_config_facts(source, where="the SafeTensors config.json")
@@ -180,8 +182,8 @@ def _check_tokenizer(mlx_dir: Path, hf_dir: Path) -> tuple[str, dict[str, Any]]:
 
     from pytest_minerva.backends.hf_text import HfTokenizerText
 
-    source = AutoTokenizer.from_pretrained(hf_dir)
-    derived = load_tokenizer(mlx_dir)
+    source = AutoTokenizer.from_pretrained(hf_dir, trust_remote_code=False)
+    derived = load_tokenizer(mlx_dir, {"trust_remote_code": False})
     for text in (*TOKENIZER_PROBES, "Hello"):
         want, have = source(text).input_ids, derived.encode(text)
         if list(want) != list(have):
@@ -216,7 +218,7 @@ def _add_missing_keys(mlx_dir: Path, hf_dir: Path) -> list[str]:
     fixes: list[str] = []
     config_path = mlx_dir / "config.json"
     config = read_json(config_path)
-    for key, value in legacy_config_keys(AutoConfig.from_pretrained(hf_dir)).items():
+    for key, value in legacy_config_keys(AutoConfig.from_pretrained(hf_dir, trust_remote_code=False)).items():
         if key not in config:
             config[key] = value
             fixes.append(f"config.json {key}={value!r}")
@@ -243,7 +245,7 @@ def _convert(hf_dir: Path, dest: Path) -> None:
     try:
         # mlx-lm prints progress lines to stdout; they belong to no test's output.
         with contextlib.redirect_stdout(io.StringIO()):
-            convert(hf_path=str(hf_dir), mlx_path=str(work), dtype=DTYPE)
+            convert(hf_path=str(hf_dir), mlx_path=str(work), dtype=DTYPE, trust_remote_code=False)
     # mlx-lm raises ValueError/KeyError/TypeError for models it cannot convert.
     except (ValueError, KeyError, TypeError, FileNotFoundError) as exc:
         raise FormatError(hf_dir, f"mlx-lm {version} cannot convert it: {first_line(exc)}") from None
@@ -264,6 +266,9 @@ def derive(source: ResolvedArtifact, dest: Path) -> dict[str, Any]:
     hf_dir, dest = Path(source.path), Path(dest)
     if not (hf_dir / "config.json").is_file() or not any(hf_dir.glob("*.safetensors")):
         raise FormatError(hf_dir, "not a SafeTensors model directory (needs config.json and *.safetensors)")
+    from transformers import CONFIG_MAPPING
+
+    refuse_custom_code(hf_dir, CONFIG_MAPPING)
     _convert(hf_dir, dest)
     converted = time.perf_counter()
     fixes = _add_missing_keys(dest, hf_dir)

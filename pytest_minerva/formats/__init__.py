@@ -13,10 +13,12 @@ memory (:class:`MemorySource`) that stand for a much larger file.
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 from typing import TextIO
 
-from pytest_minerva.errors import FormatError
+from pytest_minerva.errors import FormatError, printable
 from pytest_minerva.formats.common import (
     CHECKER_BUG,
     MAX_JSON_BYTES,
@@ -31,12 +33,16 @@ from pytest_minerva.formats.common import (
     OmittedValue,
     TensorInfo,
     count_nonfinite,
+    is_regular_file,
     looks_pickled,
     mlx_quantization,
     nonfinite_problem,
+    open_regular,
+    os_problem,
     parse_json,
     pickle_refusal,
     quote,
+    read_head,
     read_json_file,
 )
 
@@ -56,12 +62,16 @@ __all__ = [
     "count_nonfinite",
     "detect_format",
     "is_mlx_directory",
+    "is_regular_file",
     "looks_pickled",
     "mlx_quantization",
     "nonfinite_problem",
+    "open_regular",
+    "os_problem",
     "parse_json",
     "pickle_refusal",
     "quote",
+    "read_head",
     "read_json_file",
     "verify",
     "verify_command",
@@ -83,14 +93,22 @@ def _sniff(path: Path, shown: str) -> str:
     raise FormatError(shown, f"not a GGUF or SafeTensors file (starts with {head[:8]!r})")
 
 
+def _is_directory(path: Path, shown: str) -> bool:
+    """Whether ``path`` is a directory; any ``stat`` failure (missing, loop, name too long) is a FormatError."""
+    try:
+        return stat.S_ISDIR(os.stat(path).st_mode)
+    except OSError as exc:
+        raise FormatError(shown, os_problem(exc)) from None
+    except ValueError:
+        raise FormatError(shown, "not a usable path (it holds a NUL byte)") from None
+
+
 def detect_format(path: str | Path) -> str:
     """``'gguf'``, ``'safetensors'`` or ``'mlx'`` (a directory in MLX layout); FormatError otherwise."""
     path = Path(path)
     shown = str(path)
-    if path.is_dir():
+    if _is_directory(path, shown):
         return "mlx" if is_mlx_directory(path) else "safetensors"
-    if not path.exists():
-        raise FormatError(shown, "no such file or directory")
     return _sniff(path, shown)
 
 
@@ -98,16 +116,16 @@ def is_mlx_directory(path: str | Path) -> bool:
     """True for a directory written for MLX: its config.json has an mlx-style
     ``"quantization": {"group_size", "bits"}`` entry, or minerva-artifact.json says ``"format": "mlx"``."""
     root = Path(path)
-    if not root.is_dir():
-        return False
     try:
+        if not root.is_dir():
+            return False
         marker = root / "minerva-artifact.json"
-        if marker.is_file():
+        if is_regular_file(marker):
             artifact = read_json_file(marker, str(marker), "minerva-artifact.json")
             if isinstance(artifact, dict) and artifact.get("format") == "mlx":
                 return True
         config_path = root / "config.json"
-        if config_path.is_file():
+        if is_regular_file(config_path):
             config = read_json_file(config_path, str(config_path), "config.json")
             return mlx_quantization(config) is not None
     except (FormatError, OSError):
@@ -132,12 +150,10 @@ def verify_source(source: ByteSource, path: str | Path, fmt: str, *, deep: bool 
 
 
 def _verify_unguarded(path: Path, shown: str, deep: bool) -> ModelSummary:
-    if path.is_dir():
+    if _is_directory(path, shown):
         from pytest_minerva.formats.safetensors import check_directory
 
         return check_directory(path, shown, deep=deep)
-    if not path.exists():
-        raise FormatError(shown, "no such file or directory")
     fmt = _sniff(path, shown)
     with FileSource(path, shown) as source:
         summary = verify_source(source, shown, fmt, deep=deep)
@@ -182,7 +198,7 @@ def verify_command(paths: list[str], *, deep: bool, out: TextIO) -> int:
             status = max(status, 1)
             continue
         except Exception as exc:
-            print(f"{path}: {CHECKER_BUG} ({type(exc).__name__}); please report it", file=out)
+            print(f"{printable(path)}: {CHECKER_BUG} ({type(exc).__name__}); please report it", file=out)
             status = 2
             continue
         print(text, file=out)

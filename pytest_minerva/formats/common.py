@@ -7,6 +7,7 @@ The GGUF and SafeTensors parsers (:mod:`.gguf`, :mod:`.safetensors`) build on th
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from pytest_minerva.errors import FormatError
+from pytest_minerva.errors import FormatError, printable
 
 #: Bytes read per request while parsing a header.
 WINDOW = 1 << 20
@@ -27,6 +28,8 @@ MAX_JSON_BYTES = 16 << 20
 
 
 CHECKER_BUG = "internal error in the model checker"
+#: Longest architecture name kept from a file (real ones are short identifiers).
+MAX_ARCHITECTURE_CHARS = 100
 
 #: File suffixes of PyTorch and other pickled checkpoints, which are never loaded.
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
@@ -106,23 +109,25 @@ class ModelSummary:
     tensors: list[TensorInfo] = field(default_factory=list, repr=False)
 
     def one_line(self) -> str:
-        parts = [f"{self.format} {self.file_type or '?'}", self.architecture or "unknown architecture"]
+        """One line: format, architecture, parameters, tensors, context and size."""
+        architecture = printable(self.architecture) if self.architecture else "unknown architecture"
+        parts = [f"{self.format} {self.file_type or '?'}", architecture]
         parts.append(f"{_human_count(self.parameter_count)} parameters")
         parts.append(f"{self.tensor_count} tensors")
         if self.context_length is not None:
             parts.append(f"context {self.context_length}")
         parts.append(_human_bytes(self.size_bytes))
-        return f"{self.path}: " + ", ".join(parts)
+        return f"{printable(self.path)}: " + ", ".join(parts)
 
     def quant_mix_text(self) -> str:
         ordered = sorted(self.quant_mix.items(), key=lambda kv: (-kv[1], kv[0]))
         return ", ".join(f"{name} x{count}" for name, count in ordered) or "none"
 
     def describe(self) -> str:
-        """Several aligned lines for ``minerva verify``."""
+        """Several aligned lines for ``minerva verify``; what came from the file is escaped, so each stays one line."""
         rows = [
             ("format", f"{self.format} ({self.file_type or 'unknown type'})"),
-            ("architecture", self.architecture or "unknown"),
+            ("architecture", printable(self.architecture) if self.architecture else "unknown"),
             ("parameters", f"{self.parameter_count:,} ({_human_count(self.parameter_count)})"),
             ("tensors", str(self.tensor_count)),
             ("quantization", self.quant_mix_text()),
@@ -131,7 +136,7 @@ class ModelSummary:
         ]
         width = max(len(label) for label, _ in rows) + 1
         lines = [f"  {label + ':':<{width}} {value}" for label, value in rows]
-        return "\n".join([f"{self.path}: ok", *lines])
+        return "\n".join([f"{printable(self.path)}: ok", *lines])
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-able dict: no tensor list, and arrays longer than 64 items reduced to a count."""
@@ -184,6 +189,13 @@ def _jsonable(value: Any, depth: int = 0) -> Any:
     return repr(value)
 
 
+def architecture_name(value: Any) -> str | None:
+    """The architecture a file declares, as one safe line (escaped, shortened), or None if it is not a string."""
+    if not isinstance(value, str) or not value:
+        return None
+    return printable(value, MAX_ARCHITECTURE_CHARS)
+
+
 def quote(text: str, limit: int = 80) -> str:
     """``text`` quoted for a one-line message: escapes control characters, shortens long text."""
     shown = text if len(text) <= limit else text[:limit] + "..."
@@ -198,19 +210,69 @@ class ByteSource(Protocol):
     def read(self, offset: int, length: int) -> bytes: ...
 
 
+def os_problem(exc: OSError) -> str:
+    """What an :class:`OSError` on a path means, in words for a one-line message."""
+    if exc.errno == errno.ELOOP:
+        return "a symlink loop (too many levels of symbolic links)"
+    text = exc.strerror or type(exc).__name__
+    return text[:1].lower() + text[1:]
+
+
+def open_regular(path: str | Path, shown: str | Path) -> tuple[int, os.stat_result]:
+    """A descriptor open for reading on the regular file ``path``, and its ``fstat``.
+
+    Anything else (FIFO, device, socket, directory) is a :class:`FormatError` before it is
+    opened: opening a FIFO blocks until a writer comes, and a device never ends. The open
+    is non-blocking and the opened descriptor is checked again, so a file swapped for a
+    FIFO between the two steps is refused too. Every ``OSError`` (missing, permission,
+    symlink loop, name too long) is a FormatError naming ``shown``.
+    """
+    try:
+        before = os.stat(path)
+    except OSError as exc:
+        raise FormatError(shown, os_problem(exc)) from None
+    if not stat.S_ISREG(before.st_mode):
+        raise FormatError(shown, "not a regular file")
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        raise FormatError(shown, f"cannot open: {os_problem(exc)}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise FormatError(shown, "not a regular file")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, info
+
+
+def is_regular_file(path: str | Path) -> bool:
+    """True for a regular file (after symlinks); False for anything else and for any path ``stat`` fails on."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except (OSError, ValueError):
+        return False
+
+
+def read_head(path: str | Path, length: int, shown: str | Path | None = None) -> bytes:
+    """Up to ``length`` first bytes of the regular file ``path`` (see :func:`open_regular`)."""
+    fd, _ = open_regular(path, shown if shown is not None else path)
+    try:
+        return os.read(fd, length)
+    except OSError as exc:
+        raise FormatError(shown if shown is not None else path, f"cannot read: {os_problem(exc)}") from None
+    finally:
+        os.close(fd)
+
+
 class FileSource:
     """A regular file on disk, read with bounded ``read`` calls (never whole)."""
 
     def __init__(self, path: Path, shown: str | Path | None = None) -> None:
         self.shown = shown if shown is not None else path
+        fd, info = open_regular(path, self.shown)
         try:
-            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-        except OSError as exc:
-            raise FormatError(self.shown, f"cannot open: {exc.strerror or exc}") from None
-        try:
-            info = os.fstat(fd)
-            if not stat.S_ISREG(info.st_mode):
-                raise FormatError(self.shown, "not a regular file")
             self._file = os.fdopen(fd, "rb", buffering=0)
         except BaseException:
             os.close(fd)
@@ -304,7 +366,7 @@ def nonfinite_problem(found: list[tuple[TensorInfo, int, int, str]]) -> str:
     tensor, nan, inf, where = found[0]
     text = f"tensor {quote(tensor.name)} ({tensor.dtype}) holds {nan} NaN and {inf} Inf values{where}"
     if tensor.file:
-        text = f"{tensor.file}: {text}"
+        text = f"{printable(tensor.file)}: {text}"
     if len(found) > 1:
         text += f"; {len(found) - 1} more tensor(s) hold NaN/Inf too"
     return text

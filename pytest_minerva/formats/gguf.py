@@ -26,6 +26,7 @@ from pytest_minerva.formats.common import (
     ModelSummary,
     OmittedValue,
     TensorInfo,
+    architecture_name,
     count_nonfinite,
     nonfinite_problem,
     quote,
@@ -598,7 +599,7 @@ def check(source: ByteSource, path: str | Path, *, deep: bool = False) -> ModelS
     return ModelSummary(
         path=Path(path),
         format="gguf",
-        architecture=architecture,
+        architecture=architecture_name(architecture),
         parameter_count=sum(t.n_elements for t in layout.tensors),
         tensor_count=len(layout.tensors),
         quant_mix=dict(Counter(t.dtype for t in layout.tensors)),

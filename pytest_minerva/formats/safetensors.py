@@ -8,18 +8,21 @@ the shapes, and ranges that tile the data region exactly (no overlap, gap or tai
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from pytest_minerva.errors import FormatError
+from pytest_minerva.errors import FormatError, printable
 from pytest_minerva.formats.common import (
     ByteSource,
     FileSource,
     ModelSummary,
     TensorInfo,
+    architecture_name,
     count_nonfinite,
+    is_regular_file,
     mlx_quantization,
     nonfinite_problem,
     parse_json,
@@ -32,6 +35,11 @@ MAX_HEADER_BYTES = 100_000_000
 INDEX_NAME = "model.safetensors.index.json"
 #: Most tensors accepted in one file: real checkpoints hold at most a few thousand per file.
 MAX_TENSORS = 1 << 16
+#: Most JSON values and keys a header may hold. A tensor entry has about a dozen (its name, an
+#: object, dtype, shape and its dimensions, two offsets), so MAX_TENSORS entries fit with room to spare.
+MAX_HEADER_ITEMS = 16 * MAX_TENSORS
+# A JSON string, or an unterminated one up to the end; possessive, so no input makes it backtrack.
+_JSON_STRING = re.compile(rb'"(?:[^"\\]++|\\.?)*+(?:"|\Z)', re.DOTALL)
 
 #: dtype -> bits per element, as the safetensors library defines them.
 DTYPE_BITS: dict[str, int] = {
@@ -116,6 +124,32 @@ def _check_tiling(tensors: list[TensorInfo], data_start: int, data_length: int, 
         )
 
 
+def _json_items(raw: bytes) -> int:
+    """An upper bound on the values and keys ``json.loads(raw)`` would build: each follows a
+    ``{``, ``[``, ``,`` or ``:``, or is the document itself."""
+    return 1 + sum(raw.count(sep) for sep in (b"{", b"[", b",", b":"))
+
+
+def _bounded_header(raw: bytes, fail: Any) -> bytes:
+    """``raw`` if parsing it builds at most :data:`MAX_HEADER_ITEMS` Python objects, else ``fail``.
+
+    ``json.loads`` spends about 200 bytes on each tiny item (``"t1":{}``), so a 95 MB header
+    would take gigabytes before the tensor count could be checked. Counting separators is
+    free; only when that count is over the limit are the strings (whose commas and colons
+    do not count) looked at, first by their number, then by removing them.
+    """
+    if _json_items(raw) <= MAX_HEADER_ITEMS:
+        return raw
+    # Every string is a value or a key; each unescaped quote opens or closes one.
+    strings = (raw.count(b'"') - raw.count(b"\\")) // 2
+    if strings <= MAX_HEADER_ITEMS and _json_items(_JSON_STRING.sub(b'""', raw)) <= MAX_HEADER_ITEMS:
+        return raw
+    raise fail(
+        f"the header holds more than {MAX_HEADER_ITEMS} JSON values and keys, more than {MAX_TENSORS} tensors "
+        "(the most allowed) can need"
+    )
+
+
 def read_tensors(source: ByteSource, path: str | Path) -> tuple[dict[str, str], list[TensorInfo]]:
     """Parse and check the header; return ``__metadata__`` and the tensors in header order."""
 
@@ -126,11 +160,15 @@ def read_tensors(source: ByteSource, path: str | Path) -> tuple[dict[str, str], 
     if size < 8:
         raise fail(f"truncated: the file has {size} bytes, less than the 8-byte header length")
     header_length = int.from_bytes(source.read(0, 8), "little")
+    if header_length > MAX_HEADER_BYTES:
+        # Not shown: the 8 bytes of a file that is no SafeTensors file are its content, not a length.
+        raise fail(
+            f"not a SafeTensors file: its first 8 bytes, read as the header length, exceed the "
+            f"{MAX_HEADER_BYTES}-byte limit of the format"
+        )
     if header_length > size - 8:
         raise fail(f"header length {header_length} is larger than the file ({size} bytes, {size - 8} after it)")
-    if header_length > MAX_HEADER_BYTES:
-        raise fail(f"header length {header_length} exceeds the {MAX_HEADER_BYTES}-byte limit of the format")
-    header = parse_json(source.read(8, header_length), path, "the header")
+    header = parse_json(_bounded_header(source.read(8, header_length), fail), path, "the header")
     if not isinstance(header, dict):
         raise fail(f"the header is a JSON {_json_type(header)}, not an object")
     metadata = header.pop("__metadata__", None)
@@ -206,8 +244,8 @@ def _plain_file_name(name: Any) -> bool:
 
 def _weight_files(root: Path, shown: str) -> tuple[list[str], dict[str, str] | None]:
     index_path = root / INDEX_NAME
-    if not index_path.is_file():
-        names = sorted(p.name for p in root.glob("*.safetensors") if p.is_file())
+    if not is_regular_file(index_path):
+        names = sorted(p.name for p in root.glob("*.safetensors") if is_regular_file(p))
         if not names:
             raise FormatError(shown, "no *.safetensors weight files")
         return names, None
@@ -222,7 +260,7 @@ def _weight_files(root: Path, shown: str) -> tuple[list[str], dict[str, str] | N
             )
     names = sorted(set(weight_map.values()))
     for name in names:
-        if not (root / name).is_file():
+        if not is_regular_file(root / name):
             raise FormatError(shown, f"{INDEX_NAME} names {quote(name)}, which is not in the directory")
     return names, weight_map
 
@@ -250,7 +288,7 @@ def _parameter_count(tensors: list[TensorInfo], quantization: dict[str, int] | N
 def check_directory(root: Path, shown: str, *, deep: bool = False) -> ModelSummary:
     """Check a Hugging Face / MLX model directory: config.json, every weight file, and the index."""
     config_path = root / "config.json"
-    if not config_path.is_file():
+    if not is_regular_file(config_path):
         raise FormatError(shown, "no config.json (a model directory needs config.json and *.safetensors)")
     config = read_json_file(config_path, shown, "config.json")
     if not isinstance(config, dict):
@@ -269,21 +307,22 @@ def check_directory(root: Path, shown: str, *, deep: bool = False) -> ModelSumma
                     found += _scan(source, file_tensors)
                 size += source.size
         except FormatError as exc:
-            raise FormatError(shown, f"{name}: {exc.problem}") from None
+            raise FormatError(shown, f"{printable(name)}: {exc.problem}") from None
         for tensor in file_tensors:
             if tensor.name in where:
-                raise FormatError(shown, f"tensor {quote(tensor.name)} is in {where[tensor.name]} and {name}")
+                first = printable(where[tensor.name])
+                raise FormatError(shown, f"tensor {quote(tensor.name)} is in {first} and {printable(name)}")
             where[tensor.name] = name
         tensors += file_tensors
     if weight_map is not None:
         for tensor_name, file_name in weight_map.items():
             if where.get(tensor_name) != file_name:
                 raise FormatError(
-                    shown, f"{INDEX_NAME} puts tensor {quote(tensor_name)} in {file_name}, which lacks it"
+                    shown, f"{INDEX_NAME} puts tensor {quote(tensor_name)} in {printable(file_name)}, which lacks it"
                 )
         if len(where) != len(weight_map):
             missing = next(n for n in where if n not in weight_map)
-            raise FormatError(shown, f"tensor {quote(missing)} in {where[missing]} is not in {INDEX_NAME}")
+            raise FormatError(shown, f"tensor {quote(missing)} in {printable(where[missing])} is not in {INDEX_NAME}")
     if found:
         raise FormatError(shown, nonfinite_problem(found))
     quantization = mlx_quantization(config)
@@ -295,7 +334,7 @@ def check_directory(root: Path, shown: str, *, deep: bool = False) -> ModelSumma
     return ModelSummary(
         path=root,
         format="safetensors",
-        architecture=architecture if isinstance(architecture, str) else None,
+        architecture=architecture_name(architecture),
         parameter_count=_parameter_count(tensors, quantization),
         tensor_count=len(tensors),
         quant_mix=dict(Counter(t.dtype for t in tensors)),

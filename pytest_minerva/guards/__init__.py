@@ -35,6 +35,7 @@ from pytest_minerva.guards.process import WorkerProcess, describe_exit, worker_e
 from pytest_minerva.guards.protocol import (
     ProtocolError,
     decode_array,
+    protocol_input,
     protocol_output,
     read_message_blocking,
     spec_to_json,
@@ -62,6 +63,7 @@ __all__ = [
     "keep_stderr",
     "load_guarded",
     "needed_memory",
+    "protocol_input",
     "protocol_output",
     "query_worker",
     "read_message_blocking",

@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from pytest_minerva.errors import BackendUnavailable, MinervaError
+from pytest_minerva.errors import BackendUnavailable, EscapedLines, MinervaError
 from pytest_minerva.guards.limits import BackendTimeout, Limits
 from pytest_minerva.guards.memory import OutOfMemory, killed_detail, out_of_memory
 from pytest_minerva.guards.process import WorkerProcess, describe_exit, worker_environment
@@ -73,10 +73,12 @@ def query_worker(request: dict[str, Any], what: str, seconds: float) -> Any:
             raise BackendTimeout(f"{what}: no answer within {seconds:.0f} s") from None
         if message is None:
             code = worker.exit_code()
-            lines = "\n".join(f"    {line}" for line in worker.stderr_tail()) or "    (nothing)"
             raise WorkerCrashed(
-                f"{what}: the worker process (pid {worker.proc.pid}) {describe_exit(code)}.\n"
-                f"  last lines of its stderr:\n{lines}"
+                EscapedLines.of(
+                    f"{what}: the worker process (pid {worker.proc.pid}) {describe_exit(code)}.",
+                    "  last lines of its stderr:",
+                    quoted=worker.stderr_tail(),
+                )
             )
         header, _payload = message
         if not header.get("ok"):
@@ -211,7 +213,6 @@ class IsolatedBackend:
         self._lost(worker)
         detail = killed_detail(self.needed, self.device) if code == -signal.SIGKILL else ""
         how = describe_exit(code, detail)
-        lines = "\n".join(f"    {line}" for line in tail) or "    (nothing)"
         self.crashes += 1
         again = (
             "the next call starts a new worker"
@@ -219,8 +220,12 @@ class IsolatedBackend:
             else f"after {self.crashes} crashes in a row it is not tried again in this session"
         )
         error = WorkerCrashed(
-            f"{self.what}: the worker process (pid {worker.proc.pid}) {how} during {step}; {again}. "
-            f"Check the engine with: minerva doctor --backend {self.name}\n  last lines of its stderr:\n{lines}"
+            EscapedLines.of(
+                f"{self.what}: the worker process (pid {worker.proc.pid}) {how} during {step}; {again}. "
+                f"Check the engine with: minerva doctor --backend {self.name}",
+                "  last lines of its stderr:",
+                quoted=tail,
+            )
         )
         if self.crashes >= MAX_CONSECUTIVE_CRASHES:
             self._given_up = error
@@ -234,11 +239,13 @@ class IsolatedBackend:
             time.sleep(0.5)
         self._lost(worker)
         tail = worker.stderr_tail()
-        lines = "\n".join(f"    {line}" for line in tail) or "    (nothing)"
         return BackendTimeout(
-            f"{self.what}: {step} did not finish within {seconds:.0f} s ({self.limits.source()}); the worker "
-            f"(pid {worker.proc.pid}) was killed and the next call starts a new one.\n"
-            f"  last lines of its stderr:\n{lines}"
+            EscapedLines.of(
+                f"{self.what}: {step} did not finish within {seconds:.0f} s ({self.limits.source()}); the worker "
+                f"(pid {worker.proc.pid}) was killed and the next call starts a new one.",
+                "  last lines of its stderr:",
+                quoted=tail,
+            )
         )
 
     def _raise_remote(self, error: dict[str, Any], step: str) -> None:
@@ -255,8 +262,11 @@ class IsolatedBackend:
             raise BackendUnavailable(message)
         if known:
             raise MinervaError(message)
-        where = "".join(error.get("traceback") or []).rstrip()
-        raise MinervaError(f"{self.what}: {step} raised {error.get('type')}: {message}\n{where}")
+        frames = [line.strip() for line in "".join(error.get("traceback") or []).splitlines()]
+        where = next((line for line in reversed(frames) if line.startswith("File ")), "")
+        raise MinervaError(
+            f"{self.what}: {step} raised {error.get('type')}: {message}" + (f" ({where})" if where else "")
+        )
 
     def _receive(
         self, worker: WorkerProcess, step: str, deadline: float, seconds: float

@@ -111,6 +111,23 @@ def read_message_blocking(stream: IO[bytes]) -> tuple[dict[str, Any], bytearray]
     return header, payload
 
 
+def protocol_input() -> IO[bytes]:
+    """In a child process: the stream that carries requests (the original stdin), after pointing
+    fd 0, and so ``sys.stdin``, at the null device.
+
+    An engine that reads stdin (transformers asks "Do you wish to run the custom code? [y/N]")
+    then reads end-of-file and fails at once, instead of consuming protocol bytes or waiting.
+    Call it once, before anything reads stdin.
+    """
+    stream = os.fdopen(os.dup(0), "rb")
+    null = os.open(os.devnull, os.O_RDONLY)
+    try:
+        os.dup2(null, 0)
+    finally:
+        os.close(null)
+    return stream
+
+
 def protocol_output() -> IO[bytes]:
     """In a child process: the stream that carries the protocol (the original stdout), after
     pointing fd 1 at stderr so whatever an engine prints cannot corrupt it."""

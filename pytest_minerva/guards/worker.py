@@ -14,7 +14,6 @@ import faulthandler
 import json
 import os
 import signal
-import sys
 import traceback
 from typing import IO, TYPE_CHECKING, Any
 
@@ -25,6 +24,7 @@ from pytest_minerva.guards.protocol import (
     artifact_from_json,
     encode_array,
     event_json,
+    protocol_input,
     protocol_output,
     read_message_blocking,
     result_to_json,
@@ -119,11 +119,11 @@ def _loaded_json(backend: Backend, handle: int) -> dict[str, Any]:
 def worker_main() -> int:
     """The worker: load backends on request (each gets a handle), answer requests for them until
     told to stop or stdin closes. One worker serves every model of one engine in a session, so
-    the engine is imported once, not once per load."""
+    the engine is imported once, not once per load. Engines see an empty stdin (:func:`protocol_input`)."""
     out = protocol_output()
     if hasattr(signal, "SIGUSR1"):
         faulthandler.register(signal.SIGUSR1, all_threads=True)
-    stdin = sys.stdin.buffer
+    stdin = protocol_input()
     backends: dict[int, Backend] = {}
     next_handle = 1
     while True:

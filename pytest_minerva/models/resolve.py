@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from pytest_minerva.derive.cache import ArtifactCache, CacheEntry
-from pytest_minerva.errors import ArtifactMissing, FormatError, MinervaError, PathEscape, UnsafeFile
+from pytest_minerva.errors import ArtifactMissing, FormatError, MinervaError, PathEscape, UnsafeFile, printable
 from pytest_minerva.models.catalog import ArtifactSpec, ModelSpec, check_name
-from pytest_minerva.models.local import pickled_weights
+from pytest_minerva.models.local import pickled_weights, refuse_escaping_links
 from pytest_minerva.models.quant import quant_bits
 from pytest_minerva.models.targets import load_target
 
@@ -76,10 +76,20 @@ class ResolvedArtifact:
         return node
 
     def describe(self) -> str:
-        where = f"{self.source}: {self.path}"
+        """One line: the artifact's id, where it came from, and how it was derived."""
+        where = f"{self.source}: {printable(self.path)}"
         if self.derived_from is not None:
             return f"{self.id} ({where}; {self.detail or 'derived from ' + self.derived_from.id})"
         return f"{self.id} ({where})"
+
+
+def _resolved(path: Path) -> Path:
+    """``path`` with its symlinks resolved; a loop is a one-line :class:`FormatError` naming it."""
+    try:
+        return path.resolve()
+    except RuntimeError:
+        # Python 3.11 reports a symlink loop met while resolving as RuntimeError, not OSError.
+        raise FormatError(path, "a symlink loop (too many levels of symbolic links)") from None
 
 
 def _generated_key(model: ModelSpec, module: Any) -> str:
@@ -112,8 +122,8 @@ class Resolver:
 
     def _inside(self, root: Path, candidate: Path) -> Path:
         """Resolve ``candidate`` and refuse it if a symlink or '..' leads outside ``root``."""
-        real_root = root.resolve()
-        real = candidate.resolve()
+        real_root = _resolved(root)
+        real = _resolved(candidate)
         if real != real_root and real_root not in real.parents:
             raise PathEscape(f"{candidate}: resolves to {real}, outside {real_root} (a symlink or '..' leaves it)")
         return real
@@ -136,7 +146,7 @@ class Resolver:
     def _inside_tree(self, root: Path, directory: Path) -> Path:
         """:meth:`_inside` for a directory and every entry in it (a symlinked shard can point anywhere)."""
         real = self._inside(root, directory)
-        for entry in directory.iterdir():
+        for entry in sorted(directory.iterdir()):
             self._inside(root, entry)
         return real
 
@@ -191,7 +201,19 @@ class Resolver:
         return entry.path / file_name
 
     def locate(self, model: ModelSpec, spec: ArtifactSpec) -> tuple[Path, str] | None:
-        """Where the artifact already is, without building anything."""
+        """Where the artifact already is, without building anything.
+
+        A path that cannot be looked at (a symlink loop, a name too long, no permission)
+        is a one-line :class:`~pytest_minerva.errors.FormatError` naming it.
+        """
+        try:
+            return self._locate(model, spec)
+        except OSError as exc:
+            from pytest_minerva.formats import os_problem
+
+            raise FormatError(exc.filename or model.name, os_problem(exc)) from None
+
+    def _locate(self, model: ModelSpec, spec: ArtifactSpec) -> tuple[Path, str] | None:
         if model.explicit_path is not None:
             root = model.explicit_path
             if spec.format == "gguf" and spec.files:
@@ -199,6 +221,7 @@ class Resolver:
                 if candidate.is_file():
                     return candidate, "explicit"
             elif spec.format != "gguf" and not spec.derive_from and self._complete_dir(root, spec):
+                refuse_escaping_links(root)
                 return root, "explicit"
             return None
         for candidate in self._model_dir_candidates(model, spec):
@@ -398,9 +421,15 @@ class Resolver:
         return self.cache.lookup("derived", key)
 
     def _existing_source(self, model: ModelSpec, fmt: str) -> ResolvedArtifact | None:
-        """The artifact :meth:`best_source` would pick, when it exists without building anything."""
+        """The artifact :meth:`best_source` would pick, when it exists without building anything.
+
+        None where looking fails (a symlink loop...): :meth:`best_source` would fail there too.
+        """
         for spec in sorted(model.variants(fmt), key=lambda s: -quant_bits(s.quant)):
-            found = self.locate(model, spec)
+            try:
+                found = self.locate(model, spec)
+            except MinervaError:
+                return None
             if found is not None:
                 return ResolvedArtifact(model.name, spec.format, spec.quant, found[0], found[1], model.architecture)
             generator = spec.generator or (model.generator if not spec.derive_from else None)

@@ -17,7 +17,10 @@ which would turn a concurrency benchmark into a cancellation benchmark).
 The child gets a small allow-listed environment: llama_cpp.server reads its
 settings from environment variables too (``MODEL``, ``PORT``, ``API_KEY``...), so the
 caller's environment must not leak in. An API key is passed as ``API_KEY`` in the
-child's environment, never on its command line.
+child's environment, never on its command line; it is checked before the child
+starts (:meth:`~pytest_minerva.serving.client.ApiKey.from_env`), and the environment
+that holds it is built inside the call that starts the child, so no local that a
+traceback can show holds it.
 """
 
 from __future__ import annotations
@@ -33,13 +36,10 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pytest_minerva.errors import BackendUnavailable, MinervaError
-from pytest_minerva.serving.client import Endpoint, Timeouts, request_json
-
-if TYPE_CHECKING:
-    pass
+from pytest_minerva.serving.client import ApiKey, Endpoint, Timeouts, request_json
 
 #: The K and V cache type of the llama_cpp.server this module starts: llama.cpp's default,
 #: which the server keeps (it is not passed --type_k / --type_v).
@@ -183,10 +183,7 @@ class LlamaCppServer:
         env = {k: v for k, v in os.environ.items() if k in _ENV_KEEP or k.startswith(_ENV_PREFIXES)}
         env["PYTHONUNBUFFERED"] = "1"
         if self.api_key_env is not None:
-            key = os.environ.get(self.api_key_env)
-            if not key:
-                raise MinervaError(f"{self.api_key_env} is not set or empty; it must hold the server's API key")
-            env["API_KEY"] = key
+            env["API_KEY"] = ApiKey.from_env(self.api_key_env).reveal()
         return env
 
     def log_tail(self, lines: int = 15) -> str:
@@ -207,10 +204,11 @@ class LlamaCppServer:
         reason = server_unavailable_reason()
         if reason:
             raise BackendUnavailable(reason)
-        env = self._environment()
+        if self.api_key_env is not None:
+            ApiKey.from_env(self.api_key_env)
         for attempt in range(_PORT_TRIES):
             port = free_port(self.host)
-            if self._launch(port, env):
+            if self._launch(port):
                 return self
             in_use = "address already in use" in self.log_tail(40).lower()
             self._cleanup()
@@ -218,19 +216,25 @@ class LlamaCppServer:
                 break
         raise MinervaError(self._start_error)
 
-    def _launch(self, port: int, env: dict[str, str]) -> bool:
+    def _launch(self, port: int) -> bool:
         fd, log_name = tempfile.mkstemp(prefix="minerva-llama-server-", suffix=".log")
         self._log_path = Path(log_name)
         started = time.perf_counter()
         with os.fdopen(fd, "wb") as log:
-            self._process = subprocess.Popen(
-                self.command(port),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
-            )
+            try:
+                self._process = subprocess.Popen(
+                    self.command(port),
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=self._environment(),
+                    preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+                )
+            except (OSError, ValueError, subprocess.SubprocessError) as exc:
+                # subprocess's frames hold the child's environment: report the error, not its traceback
+                why = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+                self._start_error = f"cannot start llama_cpp.server on {self.model_path.name}: {why}"
+                return False
         self.port = port
         deadline = started + self.startup_timeout_s
         probe = Timeouts(connect_s=1.0, read_s=5.0, total_s=5.0)
@@ -332,10 +336,17 @@ def served_tokenizers(endpoint: Endpoint, artifact: Any) -> tuple[Callable[[str]
     """(tokenize, detokenize, source): the server's /extras endpoints, else llama.cpp on the GGUF."""
 
     def tokenize(text: str) -> list[int]:
-        return [int(t) for t in request_json(endpoint, "POST", "/extras/tokenize", {"input": text})["tokens"]]
+        answer = request_json(endpoint, "POST", "/extras/tokenize", {"input": text})
+        tokens = answer.get("tokens") if isinstance(answer, dict) else None
+        if not isinstance(tokens, list) or not all(isinstance(t, int) for t in tokens):
+            raise MinervaError(f"{endpoint.url}/extras/tokenize answered without a list of token ids")
+        return tokens
 
     def detokenize(ids: Sequence[int]) -> str:
-        return str(request_json(endpoint, "POST", "/extras/detokenize", {"tokens": list(ids)})["text"])
+        answer = request_json(endpoint, "POST", "/extras/detokenize", {"tokens": list(ids)})
+        if not isinstance(answer, dict) or not isinstance(answer.get("text"), str):
+            raise MinervaError(f"{endpoint.url}/extras/detokenize answered without a text")
+        return str(answer["text"])
 
     try:
         tokenize("a")

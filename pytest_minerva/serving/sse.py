@@ -22,9 +22,13 @@ TpT
     :attr:`StreamResult.token_count_source` says which. Re-tokenizing is the least
     exact: llama.cpp may generate ``"\n"`` twice where the tokenizer reads one ``"\n\n"``.
 
-A request that fails never raises: it returns a :class:`StreamResult` whose
-:attr:`~StreamResult.failure` names the reason (one of :data:`FAILURE_REASONS`) and
-says what happened in one line. Failed requests carry no figures.
+A request that fails never raises, whatever the exception: it returns a
+:class:`StreamResult` whose :attr:`~StreamResult.failure` names the reason (one of
+:data:`FAILURE_REASONS`) and says what happened in one line. Failed requests carry no
+figures. Only a configuration error (the API key's variable unset, or a key an HTTP
+header cannot carry) raises :class:`~pytest_minerva.errors.MinervaError`, before
+anything is sent. Every line read is redacted (the API key replaced by ``***``) before
+it is parsed, quoted or shortened.
 
 The endpoint, the timeouts and plain (non-streaming) JSON requests are in
 :mod:`pytest_minerva.serving.client`.
@@ -39,14 +43,16 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from pytest_minerva.errors import MinervaError
+from pytest_minerva.errors import MinervaError, printable
 from pytest_minerva.serving.client import (
-    ERROR_BODY_BYTES,
     Endpoint,
     Timeouts,
     error_message,
     os_reason,
     parse_retry_after,
+    read_error,
+    redact_data,
+    send_request,
     shorten,
 )
 
@@ -264,8 +270,9 @@ def _logprob_entries(api: str, choice: Mapping[str, Any]) -> list[dict[str, Any]
     return [{"token": t, "logprob": lp, "top_logprobs": tp} for t, lp, tp in zip(tokens, token_lp, top, strict=False)]
 
 
-def _handle_event(result: StreamResult, event: SSEEvent) -> bool:
-    """Record one event; True once the stream says ``[DONE]``."""
+def _handle_event(result: StreamResult, event: SSEEvent, redact: Callable[[str], str] | None) -> bool:
+    """Record one event; True once the stream says ``[DONE]``. ``redact`` is applied to what it decodes."""
+    number = len(result.chunk_times_s) + 1
     data = event.data.strip()
     if data == "[DONE]":
         return True
@@ -273,10 +280,21 @@ def _handle_event(result: StreamResult, event: SSEEvent) -> bool:
         return False
     try:
         payload = json.loads(data)
-    except ValueError:
-        raise _Abort(
-            Failure("malformed_sse", f"event {len(result.chunk_times_s) + 1} is not JSON: {shorten(data, 80)!r}")
-        ) from None
+    except (ValueError, RecursionError):
+        raise _Abort(Failure("malformed_sse", f"event {number} is not JSON: {shorten(data, 80)!r}")) from None
+    if redact is not None:
+        payload = redact_data(payload, redact)
+    try:
+        return _record(result, event, payload, data)
+    except _Abort:
+        raise
+    except Exception as exc:  # a field of the wrong type or shape
+        why = shorten(f"{type(exc).__name__}: {exc}", 100)
+    raise _Abort(Failure("malformed_sse", f"event {number} does not have the shape of a completion chunk ({why})"))
+
+
+def _record(result: StreamResult, event: SSEEvent, payload: Any, data: str) -> bool:
+    """Add a decoded event to ``result``; a field of the wrong type raises, and the caller says so."""
     if not isinstance(payload, dict):
         raise _Abort(Failure("malformed_sse", f"an event is JSON but not an object: {shorten(data, 80)!r}"))
     if payload.get("error") is not None or event.event == "error":
@@ -329,7 +347,7 @@ def stream_request(
         raise MinervaError(f"unknown API {api!r}; choose from {', '.join(APIS)}")
     timeouts = timeouts or Timeouts()
     body = json.dumps({**payload, "stream": True}).encode("utf-8")
-    headers = endpoint.headers(stream=True)
+    redact = None if endpoint.api_key() is None else endpoint.redactor()
     result = StreamResult(api=api, tag=tag)
     result.request_s = start = time.perf_counter()
     deadline = start + timeouts.total_s
@@ -338,16 +356,16 @@ def stream_request(
     try:
         try:
             conn.connect()
-        except (OSError, http.client.HTTPException) as exc:
+        except Exception as exc:  # refused, unresolvable, TLS, an IDNA host name too long...
             raise _Abort(Failure("unreachable", f"cannot connect to {endpoint.url}: {os_reason(exc)}")) from None
         if conn.sock is not None:
             conn.sock.settimeout(timeouts.read_s)
-        conn.request("POST", endpoint.path(APIS[api]), body=body, headers=headers)
+        send_request(conn, endpoint, "POST", APIS[api], body, stream=True)
         response = conn.getresponse()
         result.headers_s = time.perf_counter()
         result.http_status = response.status
         if response.status != 200:
-            detail = error_message(response.read(ERROR_BODY_BYTES))
+            detail = error_message(read_error(response, endpoint), endpoint.redact)
             if response.status == 429:
                 retry = parse_retry_after(response.getheader("Retry-After"))
                 hint = f"retry after {retry:g} s" if retry is not None else "no Retry-After given"
@@ -360,13 +378,13 @@ def stream_request(
             )
         parser = SSEParser()
         for line, now in _lines(response, deadline, timeouts.total_s):
-            event = parser.feed(line, now)
-            if event is not None and _handle_event(result, event):
+            event = parser.feed(line if redact is None else redact(line), now)
+            if event is not None and _handle_event(result, event, redact):
                 done = True
                 break
         if not done:
             event = parser.finish(time.perf_counter())
-            done = event is not None and _handle_event(result, event)
+            done = event is not None and _handle_event(result, event, redact)
         if not done:
             raise _Abort(
                 Failure(
@@ -389,13 +407,19 @@ def stream_request(
             f"the connection broke after {len(result.chunk_times_s)} chunks: {os_reason(exc)}",
             result.http_status,
         )
+    except Exception as exc:  # anything else on the HTTP path (a header http.client refuses, a decoder error)
+        result.failure = Failure(
+            "stream_broken",
+            f"the request failed after {len(result.chunk_times_s)} chunks: {os_reason(exc)}",
+            result.http_status,
+        )
     finally:
         conn.close()
         result.end_s = time.perf_counter()
     if result.failure is not None:
         result.failure = Failure(
             result.failure.reason,
-            endpoint.redact(result.failure.message),
+            printable(shorten(endpoint.redact(result.failure.message), 400)),
             result.failure.http_status,
             result.failure.retry_after_s,
         )

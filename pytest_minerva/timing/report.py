@@ -1,7 +1,9 @@
 """Markdown tables of a benchmark results document, in the layout of the reference reports.
 
 Everything here renders a document as :mod:`pytest_minerva.storage.results` stores it,
-so a saved JSON file prints the same tables as the run that wrote it.
+so a saved JSON file prints the same tables as the run that wrote it. Every string in it
+(model and engine names, error messages, methods) may come from a model file, an engine or
+a hand-edited document, so each is shown through :func:`text` or :func:`cell`.
 """
 
 from __future__ import annotations
@@ -9,11 +11,23 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from pytest_minerva.errors import printable
+
 LEGEND = (
     "Cells are median [interquartile range] over {runs} timed runs after {warmup} warm-up run(s) per "
     "scenario; ITL percentiles pool every inter-token latency of those runs. Standard deviations and "
     "every run are in the JSON."
 )
+
+
+def text(value: Any) -> str:
+    """``value`` as one line that cannot forge another or carry a terminal escape."""
+    return printable(value)
+
+
+def cell(value: Any) -> str:
+    """``value`` as one markdown table cell: :func:`text`, with ``|`` escaped so it cannot split the row."""
+    return printable(value).replace("|", "\\|")
 
 
 def number(value: float | None) -> str:
@@ -48,7 +62,7 @@ def _cell(stats: Mapping[str, Any], figure: str) -> str:
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines.extend("| " + " | ".join(row) + " |" for row in rows)
+    lines.extend("| " + " | ".join(cell(value) for value in row) + " |" for row in rows)
     return lines
 
 
@@ -122,12 +136,12 @@ def roofline_line(backend: Mapping[str, Any], bandwidth: Mapping[str, Any] | Non
     roof, weights = backend.get("roofline"), backend.get("weights")
     if not roof or not weights:
         return None
-    method = f" ({bandwidth['method']})" if bandwidth else ""
+    method = f" ({text(bandwidth['method'])})" if bandwidth else ""
     return (
         f"Roofline: {number(roof['bandwidth_gb_per_s'])} GB/s measured read bandwidth{method} / "
-        f"{size(roof['bytes_per_token'])} read per token (computed: {weights['method']}) = ceiling "
+        f"{size(roof['bytes_per_token'])} read per token (computed: {text(weights['method'])}) = ceiling "
         f"{number(roof['ceiling_tokens_per_s'])} t/s; decode {number(roof['decode_tokens_per_s'])} t/s "
-        f"({backend.get('roofline_scenario')}) is {roof['fraction'] * 100:.1f}% of it."
+        f"({text(backend.get('roofline_scenario'))}) is {roof['fraction'] * 100:.1f}% of it."
     )
 
 
@@ -151,9 +165,9 @@ def memory_line(backend: Mapping[str, Any]) -> str:
     mem = backend.get("memory") or {}
     parts = [f"load {number(backend.get('load_s'))} s (+{size(mem.get('load_rss_bytes'))} RSS)"]
     if mem.get("peak_rss_bytes") is not None:
-        parts.append(f"peak RSS {size(mem['peak_rss_bytes'])} ({mem.get('peak_rss_method')})")
+        parts.append(f"peak RSS {size(mem['peak_rss_bytes'])} ({text(mem.get('peak_rss_method'))})")
     if mem.get("device_peak_bytes") is not None:
-        parts.append(f"peak device memory {size(mem['device_peak_bytes'])} ({mem.get('device_peak_method')})")
+        parts.append(f"peak device memory {size(mem['device_peak_bytes'])} ({text(mem.get('device_peak_method'))})")
     return "Memory: " + "; ".join(parts) + "."
 
 
@@ -163,11 +177,11 @@ def kv_line(backend: Mapping[str, Any]) -> str | None:
         return None
     parts = []
     if kv.get("computed_bytes_per_token") is not None:
-        parts.append(f"{size(kv['computed_bytes_per_token'])}/token {kv['computed_formula']}")
+        parts.append(f"{size(kv['computed_bytes_per_token'])}/token {text(kv['computed_formula'])}")
     if kv.get("measured_bytes_per_token") is not None:
-        parts.append(f"{size(kv['measured_bytes_per_token'])}/token measured: {kv['measured_method']}")
+        parts.append(f"{size(kv['measured_bytes_per_token'])}/token measured: {text(kv['measured_method'])}")
     if kv.get("note"):
-        parts.append(kv["note"])
+        parts.append(text(kv["note"]))
     return "KV cache: " + "; ".join(parts) + "." if parts else None
 
 
@@ -176,7 +190,7 @@ def backend_title(backend: Mapping[str, Any]) -> str:
     threads = f", {info['threads']} threads" if info.get("threads") else ""
     version = f" {info['version']}" if info.get("version") else ""
     quant = f" {backend['quant']}" if backend.get("quant") else ""
-    return (
+    return text(
         f"### {backend['backend']}{version}: {backend['model']} {backend['format']}{quant} "
         f"on {backend['device']}{threads}"
     )
@@ -187,11 +201,11 @@ def markdown(document: Mapping[str, Any]) -> str:
     then the cases that did not run, with the reason."""
     settings = document.get("settings", {})
     machine = document.get("machine_info", {})
-    lines = [f"## minerva bench: {settings.get('model', '?')}", ""]
+    lines = [f"## minerva bench: {text(settings.get('model', '?'))}", ""]
     cpu = machine.get("cpu_model", "unknown CPU")
     load = machine.get("load_average")
     load_text = f"; load average {', '.join(f'{x:.2f}' for x in load)} at start" if load else ""
-    lines.append(f"Machine: {cpu}, {machine.get('logical_cores', '?')} logical cores{load_text}.")
+    lines.append(text(f"Machine: {cpu}, {machine.get('logical_cores', '?')} logical cores{load_text}."))
     lines.append(LEGEND.format(runs=settings.get("runs", "?"), warmup=settings.get("warmup", "?")))
     bandwidth = document.get("bandwidth")
     unavailable = []
@@ -204,7 +218,7 @@ def markdown(document: Mapping[str, Any]) -> str:
         swept = [b for b in benches if b["scenario"].startswith("sweep-")]
         lines += ["", backend_title(backend), ""]
         if backend["status"] in ("error", "crashed") and not benches:
-            lines.append(f"{backend['status'].capitalize()}: {backend['reason']}")
+            lines.append(text(f"{backend['status'].capitalize()}: {backend['reason']}"))
             continue
         if named:
             lines += scenario_table(named)
@@ -216,8 +230,8 @@ def markdown(document: Mapping[str, Any]) -> str:
                 lines.append(extra)
         longest = max((b for b in named if b["error"] is None), key=lambda b: b["generate_tokens"], default=None)
         if longest is not None:
-            lines += ["", f"Timing breakdown ({longest['scenario']}):", "", *breakdown_table(longest)]
+            lines += ["", text(f"Timing breakdown ({longest['scenario']}):"), "", *breakdown_table(longest)]
     if unavailable:
         lines += ["", "Not run:"]
-        lines += [f"- {b['case_id']}: {b['reason']}" for b in unavailable]
+        lines += [text(f"- {b['case_id']}: {b['reason']}") for b in unavailable]
     return "\n".join(lines) + "\n"
