@@ -14,7 +14,6 @@ import contextlib
 import errno
 import os
 import stat
-import tempfile
 from pathlib import Path
 
 from pytest_minerva.errors import MinervaError
@@ -79,6 +78,8 @@ def _check_can_create_in(directory: Path, path: Path) -> None:
     if not os.access(directory, os.W_OK | os.X_OK):
         raise MinervaError(f"{path}: cannot write in {directory} (permission denied or a read-only file system)")
     try:  # root passes os.access almost everywhere; /proc, /sys and read-only mounts still refuse
+        import tempfile  # here, not at the top: the plugin imports this module in every pytest run
+
         fd, probe = tempfile.mkstemp(prefix=PROBE_PREFIX, dir=directory)
     except OSError as exc:
         raise MinervaError(f"{path}: cannot create files in {directory}: {exc.strerror or exc}") from None
