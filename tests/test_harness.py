@@ -105,10 +105,13 @@ def test_every_backend_generates_exactly_the_requested_tokens(any_backend: harne
     assert result.runs[-1].finish_reason == "length"
 
 
-def test_figures_follow_from_the_recorded_timestamps(short_result: harness.ScenarioResult) -> None:
+def test_figures_follow_from_the_harness_receipts(short_result: harness.ScenarioResult) -> None:
     assert short_result.ok
     for run in short_result.runs:
-        t, n = run.token_times_s, run.generated_tokens
+        t, n = run.received_s, run.generated_tokens
+        assert len(t) == n
+        assert all(claim <= receipt for claim, receipt in zip(run.token_times_s, t, strict=True))
+        assert run.provenance()["ttft_ms"] == run.provenance()["total_ms"] == "harness clock"
         ttft, e2e = t[0] - run.request_s, t[-1] - run.request_s
         assert 0 < ttft < e2e
         figures = run.figures()
@@ -124,7 +127,7 @@ def test_figures_follow_from_the_recorded_timestamps(short_result: harness.Scena
 
 
 def test_statistics_are_computed_from_the_recorded_runs(short_result: harness.ScenarioResult) -> None:
-    ttfts = [(r.token_times_s[0] - r.request_s) * 1e3 for r in short_result.runs]
+    ttfts = [(r.received_s[0] - r.request_s) * 1e3 for r in short_result.runs]
     stats = short_result.stats("ttft_ms")
     assert stats.n == 3
     assert sorted(stats.data) == pytest.approx(sorted(ttfts))

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from pytest_minerva.backends import Backend, BackendSpec, GenerationRequest, LoadOptions, builtin_registry
+from pytest_minerva.backends.base import BufferedStream
 from pytest_minerva.backends.openai_http import (
     LogitsUnavailable,
     OpenAIHttpBackend,
@@ -170,6 +171,26 @@ def test_compare_topk_catches_a_reference_that_is_off_by_one(
     assert agreement.max_abs_logprob_diff > 0.1 or agreement.min_topk_overlap < 1.0
 
 
+def test_the_prefix_flush_runs_after_the_last_event_or_an_early_close(
+    served: OpenAIHttpBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import time
+
+    from pytest_minerva.timing.clock import receive
+
+    flushed: list[float] = []
+    flush = served._flush
+    monkeypatch.setattr(served, "_flush", lambda first: (flush(first), flushed.append(time.perf_counter())))
+    ids = tuple(served.tokenize(PROMPTS[0]))
+    received = receive(served.stream(GenerationRequest(ids, 4)))
+    assert len(received) == 4 and len(flushed) == 1
+    assert flushed[0] > received[-1][1]  # outside the time from the request to the last event
+    stream = served.stream(GenerationRequest(ids, 4))
+    next(stream)
+    stream.close()
+    assert len(flushed) == 2
+
+
 def test_the_timing_harness_runs_through_it(served: OpenAIHttpBackend) -> None:
     from pytest_minerva.timing import memory
     from pytest_minerva.timing.harness import run_scenario
@@ -180,6 +201,14 @@ def test_the_timing_harness_runs_through_it(served: OpenAIHttpBackend) -> None:
     assert [r.generated_tokens for r in result.runs] == [15, 15]
     assert all(r.prompt_tokens == 20 for r in result.runs)
     assert result.stats("ttft_ms").n == 2
+    # It reads the whole response first, says so, and its per-token figures are labelled its own.
+    assert isinstance(served, BufferedStream)
+    data = result.as_dict()
+    assert data["buffered"] == "reads the whole HTTP response before the first event"
+    assert data["provenance"]["tpt_ms"] == "adapter-reported"
+    assert data["provenance"]["total_ms"] == "harness clock"
+    assert data["clock_check"]["failed_run"] is None
+    assert all(r.received_s[0] >= r.token_times_s[-1] for r in result.runs)
     read, _ = memory.kv_reader(served)
     with pytest.raises(MinervaError, match="KV cache cannot be observed"):
         read()

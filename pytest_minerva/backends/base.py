@@ -178,8 +178,30 @@ class DeviceMemory:
     current: Callable[[], int]
 
 
+@runtime_checkable
+class BufferedStream(Protocol):
+    """A stream that holds the whole response before its first event (an HTTP client that reads
+    the response to the end, then yields). Its per-token timestamps cannot be checked against
+    the harness's clock, so the reports label them adapter-reported, with this reason."""
+
+    def stream_buffering(self) -> str:
+        """Why, in a few words, for the reports: "reads the whole HTTP response before the first event"."""
+        ...
+
+
 #: The optional capabilities, by Protocol; their methods are what an isolated backend forwards.
-CAPABILITIES: tuple[type, ...] = (PerfCounters, KvCacheBytes, BatchGenerator, TimedBatchGenerator)
+CAPABILITIES: tuple[type, ...] = (PerfCounters, KvCacheBytes, BatchGenerator, TimedBatchGenerator, BufferedStream)
+
+
+@runtime_checkable
+class ReceivedStream(Protocol):
+    """A stream whose events were received, in the process that runs the engine, by the
+    harness's own code (:func:`pytest_minerva.timing.clock.receive`): each event with the
+    ``time.perf_counter()`` at which the engine's generator handed it over. An isolated
+    backend has this, so the harness holds the engine's timestamps against receipts taken in
+    the worker rather than against the pipe's. Not a capability an engine declares."""
+
+    def stream_received(self, request: GenerationRequest) -> list[tuple[TokenEvent, float]]: ...
 
 
 def capability_methods() -> tuple[str, ...]:

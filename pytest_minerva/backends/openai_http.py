@@ -15,7 +15,8 @@ What it can and cannot do:
   ``/v1/chat/completions`` with ``extra["api"] = "chat"``) and times each chunk as
   it arrives (see :mod:`pytest_minerva.serving.sse` for the definitions). The whole
   response is read before the first event is yielded, so the caller's work cannot
-  delay a timestamp. Greedy decoding sends ``temperature 0`` and ``repeat_penalty
+  delay a timestamp; the adapter declares it (``stream_buffering``), and the harness
+  reports its per-token figures as adapter-reported. Greedy decoding sends ``temperature 0`` and ``repeat_penalty
   1.0`` (llama_cpp.server's default 1.1 changes the greedy chain); ``ignore_eos``
   sends ``min_tokens = max_tokens`` (llama_cpp.server, vLLM) and ``ignore_eos``
   (vLLM).
@@ -23,8 +24,8 @@ What it can and cannot do:
   (llama-cpp-python always does; llama.cpp's server and vLLM by default), so a
   repeated prompt would skip its prefill and report a false TTFT. After each stream
   the adapter sends a one-token request whose prompt starts with a different token
-  (``extra["flush_prefix"] = False`` turns this off); it runs after the last
-  timestamp was taken.
+  (``extra["flush_prefix"] = False`` turns this off); it runs after the last event
+  was yielded, so it is outside the end-to-end time the harness observes.
 * Token ids: an OpenAI server returns text, not ids. The events' ids are the
   generated text re-tokenized and fitted to the counted length; ``info()`` says so.
 * :meth:`~OpenAIHttpBackend.tokenize` uses the server's ``/extras/tokenize`` when it
@@ -397,18 +398,31 @@ class OpenAIHttpBackend:
         result.count_tokens(self._raw_tokenize, requested=request.max_tokens)
         return result
 
+    def stream_buffering(self) -> str:
+        """This adapter reads the whole response before its first event (see :meth:`stream`)."""
+        return "reads the whole HTTP response before the first event"
+
     def stream(self, request: GenerationRequest) -> Iterator[TokenEvent]:
         """Stream ``request`` and yield one event per counted token with its chunk's arrival time.
 
-        Where a chunk carried several tokens they share its timestamp; where the count is
-        below the chunk count, the trailing chunks are merged into the last token.
+        The whole response is read (and its tokens counted) before the first event, so the
+        timestamps are the chunks' arrival times, not when the events are yielded
+        (:meth:`stream_buffering`). Where a chunk carried several tokens they share its
+        timestamp; where the count is below the chunk count, the trailing chunks are merged
+        into the last token. The prefix-cache flush runs after the last event (or when the
+        caller closes the stream early), outside the time from the request to the last event.
         """
         self._check_open()
         if request.max_tokens < 1:
             return
         result = self.stream_result(request)
-        if self.flush_prefix and request.prompt_ids:
-            self._flush(int(request.prompt_ids[0]))
+        try:
+            yield from self._events(result)
+        finally:
+            if self.flush_prefix and request.prompt_ids:
+                self._flush(int(request.prompt_ids[0]))
+
+    def _events(self, result: StreamResult) -> Iterator[TokenEvent]:
         n = result.completion_tokens or 0
         if n == 0 or not result.chunk_times_s:
             return

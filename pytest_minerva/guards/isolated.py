@@ -134,9 +134,9 @@ class IsolatedBackend:
     overruns a limit, the call raises :class:`WorkerCrashed` or :class:`BackendTimeout`,
     and the next call starts a new worker and loads again; after
     :data:`MAX_CONSECUTIVE_CRASHES` crashes in a row the backend is given up on and each
-    call fails at once with the last crash. Token timestamps are the worker's
-    ``time.perf_counter()`` readings, which use the same system-wide monotonic clock as
-    this process on Linux and macOS.
+    call fails at once with the last crash. Token timestamps, and the harness's receipts of
+    them (:meth:`stream_received`), are the worker's ``time.perf_counter()`` readings, which
+    use the same system-wide monotonic clock as this process on Linux and macOS.
     """
 
     def __init__(
@@ -340,15 +340,23 @@ class IsolatedBackend:
         request's replies. If the worker fails part way, the events it sent are yielded first,
         then the error is raised. Each event keeps the worker's own timestamp, taken when the
         engine produced the token."""
-        events: list[TokenEvent] = []
+        received: list[tuple[TokenEvent, float]] = []
         try:
-            self._collect_stream(request, events)
+            self._collect_stream(request, received)
         except BaseException:
-            yield from events
+            yield from (event for event, _ in received)
             raise
-        yield from events
+        yield from (event for event, _ in received)
 
-    def _collect_stream(self, request: GenerationRequest, events: list[TokenEvent]) -> None:
+    def stream_received(self, request: GenerationRequest) -> list[tuple[TokenEvent, float]]:
+        """Every event of a generation with the worker's receipt of it: the worker's own
+        ``time.perf_counter()`` as the engine's generator handed the event over
+        (:func:`pytest_minerva.timing.clock.receipts`), so the pipe's latency is in neither."""
+        received: list[tuple[TokenEvent, float]] = []
+        self._collect_stream(request, received)
+        return received
+
+    def _collect_stream(self, request: GenerationRequest, received: list[tuple[TokenEvent, float]]) -> None:
         step = f"generating {request.max_tokens} tokens"
         seconds = self.limits.step_s(len(request.prompt_ids) + request.max_tokens)
         deadline = time.monotonic() + seconds
@@ -360,7 +368,11 @@ class IsolatedBackend:
             header, _ = self._receive(worker, step, deadline, seconds)
             if header.get("done"):
                 return
-            events.append(event_from_json(header["event"]))
+            received_s = header.get("received_s")
+            if isinstance(received_s, bool) or not isinstance(received_s, int | float):
+                self._lost(worker)
+                raise ProtocolError(f"a stream event without its receipt time: {str(header)[:100]}")
+            received.append((event_from_json(header["event"]), float(received_s)))
 
     def info(self) -> dict[str, Any]:
         value = self._call({"op": "info"}, "info", self.limits.base_s)["value"]

@@ -86,9 +86,12 @@ def _serve(backend: Backend, header: dict[str, Any], out: IO[bytes]) -> None:
         meta, payload = encode_array(getattr(backend, op)(*args))
         write_message(out, {"ok": True, "array": meta}, payload)
     elif op == "stream":
+        from pytest_minerva.timing.clock import receipts
+
         request = GenerationRequest(**{**header["request"], "prompt_ids": tuple(header["request"]["prompt_ids"])})
-        for event in backend.stream(request):
-            write_message(out, {"ok": True, "event": event_json(event)})
+        # Each event goes out as it comes, with the harness's receipt taken here, at the engine's generator.
+        for event, received_s in receipts(backend.stream(request)):
+            write_message(out, {"ok": True, "event": event_json(event), "received_s": received_s})
         write_message(out, {"ok": True, "done": True})
     elif op == "tokenize":
         write_message(out, {"ok": True, "value": backend.tokenize(header["text"], add_bos=header["add_bos"])})

@@ -58,7 +58,18 @@ CSV_COLUMNS = (
     "decode_tps",
     "itl_p90_ms",
     "itl_p99_ms",
+    "provenance",
 )
+#: The CSV columns each figure of a benchmark's ``provenance`` mapping stands for.
+_CSV_FIGURES = {
+    "total_ms": ("total_ms",),
+    "ttft_ms": ("ttft_ms",),
+    "tpt_ms": ("tpt_ms",),
+    "throughput_tps": ("throughput_tps",),
+    "prefill_tps": ("prefill_tps",),
+    "decode_tps": ("decode_tps",),
+    "itl_ms": ("itl_p90_ms", "itl_p99_ms"),
+}
 
 _TOP_LEVEL: dict[str, type | tuple[type, ...]] = {
     "schema_version": int,
@@ -282,10 +293,24 @@ def load(path: str | Path) -> dict[str, Any]:
     return validate(document, target)
 
 
+def csv_provenance(bench: Mapping[str, Any]) -> str:
+    """Where a row's figures come from: one source (``harness clock``) when all agree, else
+    ``SOURCE: column column; SOURCE: ...``; empty for a document from before provenance."""
+    sources: dict[str, list[str]] = {}
+    for figure, columns in _CSV_FIGURES.items():
+        source = (bench.get("provenance") or {}).get(figure)
+        if source is not None:
+            sources.setdefault(str(source), []).extend(columns)
+    if len(sources) <= 1:
+        return next(iter(sources), "")
+    return "; ".join(f"{source}: {' '.join(columns)}" for source, columns in sources.items())
+
+
 def csv_rows(document: Mapping[str, Any]) -> list[dict[str, Any]]:
     """One row per timed run of every successful benchmark, with :data:`CSV_COLUMNS`.
 
-    ``itl_p90_ms`` / ``itl_p99_ms`` are that run's own inter-token latency percentiles.
+    ``itl_p90_ms`` / ``itl_p99_ms`` are that run's own inter-token latency percentiles;
+    ``provenance`` is :func:`csv_provenance`.
     """
     rows = []
     for bench in document["benchmarks"]:
@@ -312,6 +337,7 @@ def csv_rows(document: Mapping[str, Any]) -> list[dict[str, Any]]:
                     "decode_tps": run["decode_tps"],
                     "itl_p90_ms": percentile(itl, 90) if itl else None,
                     "itl_p99_ms": percentile(itl, 99) if itl else None,
+                    "provenance": csv_provenance(bench),
                 }
             )
     return rows

@@ -4,6 +4,8 @@
   timed runs, and the definitions of every figure (TTFT, TpT, ITL, E2E, prefill / decode /
   overall tokens per second); :mod:`~pytest_minerva.timing.fidelity` holds them against
   the engine's own timers.
+- :mod:`~pytest_minerva.timing.clock`: the harness's own clock (a receipt per token event)
+  and the check of the adapter's timestamps against it; where each figure comes from.
 - :mod:`~pytest_minerva.timing.load`, :mod:`~pytest_minerva.timing.kv`,
   :mod:`~pytest_minerva.timing.bench`: loading a backend for the bench, the KV-growth
   probe, and a whole backend's figures; :mod:`~pytest_minerva.timing.harness` hands them

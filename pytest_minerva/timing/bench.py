@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from pytest_minerva.errors import MinervaError
 from pytest_minerva.timing import memory
+from pytest_minerva.timing.clock import COMPUTED, ENGINE_TIMERS, HARNESS_CLOCK
 from pytest_minerva.timing.fidelity import Fidelity, fidelity
 from pytest_minerva.timing.kv import measure_kv_growth
 from pytest_minerva.timing.load import LoadedBackend
@@ -90,6 +91,16 @@ class BackendResult:
             "roofline": self.roofline.as_dict() if self.roofline else None,
             "roofline_scenario": self.roofline_scenario,
             "fidelity": self.fidelity.as_dict() if self.fidelity else None,
+            "provenance": {
+                "load_s": HARNESS_CLOCK,
+                "weights": COMPUTED,
+                "kv_cache.computed_bytes_per_token": COMPUTED,
+                "roofline": COMPUTED,
+                "fidelity.harness_decode_tps": HARNESS_CLOCK,
+                "fidelity.harness_prefill_tps": HARNESS_CLOCK,
+                "fidelity.engine_decode_tps": ENGINE_TIMERS,
+                "fidelity.engine_prefill_tps": ENGINE_TIMERS,
+            },
         }
 
 

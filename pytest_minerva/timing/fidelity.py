@@ -3,7 +3,8 @@
 For llama.cpp each timed run also carries the engine's counters (``t_p_eval_ms``/``n_p_eval``
 for the prefill, ``t_eval_ms``/``n_eval`` for the single-token decodes, ``t_sample_ms``), read
 by :func:`~pytest_minerva.timing.runs.timed_run`; :func:`fidelity` sums both clocks over
-every such run.
+every such run. The harness's side is its own clock: the receipts of the token events
+(:mod:`pytest_minerva.timing.clock`), already checked against the adapter's timestamps.
 """
 
 from __future__ import annotations

@@ -12,6 +12,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pytest_minerva.errors import printable
+from pytest_minerva.timing.clock import HARNESS_CLOCK
+
+#: Marks a figure that is not the harness clock's; a footnote under the table names its source.
+NOT_HARNESS_CLOCK = "†"
 
 LEGEND = (
     "Cells are median [interquartile range] over {runs} timed runs after {warmup} warm-up run(s) per "
@@ -60,10 +64,41 @@ def _cell(stats: Mapping[str, Any], figure: str) -> str:
     return f"{number(entry['median'])} [{number(entry['iqr'])}]"
 
 
+def _source(bench: Mapping[str, Any], figure: str) -> str:
+    """Where ``figure`` of ``bench`` comes from; a document from before provenance says nothing."""
+    return str((bench.get("provenance") or {}).get(figure, HARNESS_CLOCK))
+
+
+def _mark(bench: Mapping[str, Any], figure: str, shown: str) -> str:
+    return f"{shown} {NOT_HARNESS_CLOCK}" if _source(bench, figure) != HARNESS_CLOCK else shown
+
+
+def _figure(bench: Mapping[str, Any], figure: str) -> str:
+    return _mark(bench, figure, _cell(bench["stats"], figure))
+
+
+def provenance_notes(benchmarks: Sequence[Mapping[str, Any]]) -> list[str]:
+    """One footnote per source other than the harness clock among ``benchmarks``' figures."""
+    notes: dict[str, None] = {}
+    for bench in benchmarks:
+        if bench["error"] is not None:
+            continue
+        for figure, source in (bench.get("provenance") or {}).items():
+            if source == HARNESS_CLOCK or figure not in _TABLE_FIGURES:
+                continue
+            why = bench.get("buffered") or "the harness took no receipts of its events"
+            notes[text(f"{NOT_HARNESS_CLOCK} {source}, not the harness clock: {bench['backend']} {why}.")] = None
+    return list(notes)
+
+
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines.extend("| " + " | ".join(cell(value) for value in row) + " |" for row in rows)
     return lines
+
+
+#: The figures the scenario and sweep tables show.
+_TABLE_FIGURES = ("ttft_ms", "tpt_ms", "itl_ms", "throughput_tps", "prefill_tps", "decode_tps")
 
 
 def scenario_table(benchmarks: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -86,17 +121,17 @@ def scenario_table(benchmarks: Sequence[Mapping[str, Any]]) -> list[str]:
         if bench["error"] is not None:
             rows.append((name, prompt, f"error: {bench['error']}", *["-"] * 7))
             continue
-        stats, itl = bench["stats"], bench.get("itl_ms") or {}
+        itl = bench.get("itl_ms") or {}
         rows.append(
             (
                 name,
                 prompt,
-                _cell(stats, "ttft_ms"),
-                _cell(stats, "tpt_ms"),
-                f"{number(itl.get('p90'))} / {number(itl.get('p99'))}",
-                _cell(stats, "throughput_tps"),
-                _cell(stats, "prefill_tps"),
-                _cell(stats, "decode_tps"),
+                _figure(bench, "ttft_ms"),
+                _figure(bench, "tpt_ms"),
+                _mark(bench, "itl_ms", f"{number(itl.get('p90'))} / {number(itl.get('p99'))}"),
+                _figure(bench, "throughput_tps"),
+                _figure(bench, "prefill_tps"),
+                _figure(bench, "decode_tps"),
                 str(bench["generate_tokens"]),
                 str(len(bench["runs"])),
             )
@@ -112,14 +147,13 @@ def sweep_table(benchmarks: Sequence[Mapping[str, Any]]) -> list[str]:
         if bench["error"] is not None:
             rows.append((str(bench["prompt_tokens"]), f"error: {bench['error']}", "-", "-", "-", "-", "-"))
             continue
-        stats = bench["stats"]
         rows.append(
             (
                 str(bench["prompt_tokens"]),
-                _cell(stats, "ttft_ms"),
-                _cell(stats, "tpt_ms"),
-                _cell(stats, "prefill_tps"),
-                _cell(stats, "decode_tps"),
+                _figure(bench, "ttft_ms"),
+                _figure(bench, "tpt_ms"),
+                _figure(bench, "prefill_tps"),
+                _figure(bench, "decode_tps"),
                 str(bench["generate_tokens"]),
                 str(len(bench["runs"])),
             )
@@ -224,6 +258,9 @@ def markdown(document: Mapping[str, Any]) -> str:
             lines += scenario_table(named)
         if swept:
             lines += ["", "Context-length sweep:", "", *sweep_table(swept)]
+        notes = provenance_notes(benches)
+        if notes:
+            lines += ["", *notes]
         lines += ["", memory_line(backend)]
         for extra in (kv_line(backend), roofline_line(backend, bandwidth), fidelity_line(backend)):
             if extra:

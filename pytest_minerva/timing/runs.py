@@ -6,8 +6,16 @@ standard deviation and run count are reported over the timed runs.
 ``t_request``
     ``time.perf_counter()`` just before ``backend.stream(request)`` is called.
 ``t_i``
-    the ``time_s`` of the ``i``-th generated :class:`~pytest_minerva.backends.base.TokenEvent`
-    (``i = 0..N-1``), taken by the adapter when the engine handed the token over.
+    the harness's receipt of the ``i``-th generated
+    :class:`~pytest_minerva.backends.base.TokenEvent` (``i = 0..N-1``): its own
+    ``time.perf_counter()`` as the adapter's generator handed the event over
+    (:func:`~pytest_minerva.timing.clock.receive`). The event's own ``time_s``, taken by the
+    adapter, is its *claim*; claims are held against receipts
+    (:func:`~pytest_minerva.timing.clock.check_clock`) and a run whose claims disagree is an
+    error, never figures. For an adapter that declares it buffers the whole response
+    (:class:`~pytest_minerva.backends.base.BufferedStream`) every receipt comes at the end,
+    so ``t_i`` is its claim and the per-token figures below are adapter-reported; E2E and
+    throughput still use the last receipt.
 ``N``
     generated tokens, counted from the engine's token events (never by re-tokenizing
     text). Every run must produce exactly the scenario's count (EOS is ignored); a run
@@ -15,24 +23,25 @@ standard deviation and run count are reported over the timed runs.
 TTFT (time to first token)
     ``t_0 - t_request``: prompt processing (prefill) plus sampling the first token.
 E2E (end to end, ``total_ms``)
-    ``t_{N-1} - t_request``.
+    the last receipt ``- t_request``.
 TpT (time per output token after the first)
-    ``(E2E - TTFT) / (N - 1)``, the mean inter-token latency.
+    ``(t_{N-1} - t_0) / (N - 1)``, the mean inter-token latency (``(E2E - TTFT) / (N - 1)``
+    wherever the figures are the harness's).
 ITL (inter-token latencies)
     ``t_i - t_{i-1}`` for ``i = 1..N-1``; their median, p90 and p99 are pooled over all
     timed runs of a scenario and reported separately from TpT.
 Prefill tokens/s
     ``prompt tokens / TTFT``.
 Decode tokens/s
-    ``(N - 1) / (E2E - TTFT)``.
+    ``(N - 1) / (t_{N-1} - t_0)``.
 Throughput tokens/s
     ``N / E2E``.
 Model load time
     wall time of constructing the backend (file to ready-to-generate), taken by
     :func:`~pytest_minerva.timing.load.load_backend`.
 
-The harness does no work between a token's arrival and the next: it collects the
-stream with ``list()`` and computes everything afterwards. For llama.cpp it also reads
+The harness does no work between a token's arrival and the next but reading the clock
+and appending to a list, and computes everything afterwards. For llama.cpp it also reads
 the engine's own timers for each timed run (``t_p_eval_ms``/``n_p_eval`` for the
 prefill, ``t_eval_ms``/``n_eval`` for the single-token decodes, ``t_sample_ms``) so the
 harness's rates can be checked against them (:mod:`pytest_minerva.timing.fidelity`). Memory
@@ -44,15 +53,24 @@ from __future__ import annotations
 
 import gc
 import itertools
+import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from pytest_minerva.backends.base import Backend, GenerationRequest, PerfCounters
+from pytest_minerva.backends.base import Backend, BufferedStream, GenerationRequest, PerfCounters, ReceivedStream
 from pytest_minerva.errors import MinervaError
 from pytest_minerva.stats.summary import Stats
+from pytest_minerva.timing.clock import (
+    ENGINE_TIMERS,
+    HARNESS_CLOCK,
+    ClockCheck,
+    check_clock,
+    provenance,
+    receive,
+)
 from pytest_minerva.timing.scenarios import Prompt, Scenario, build_prompt
 
 #: Per-run figures summarised with :class:`Stats`, in milliseconds or tokens per second.
@@ -65,7 +83,13 @@ class BenchmarkError(MinervaError):
 
 @dataclass(frozen=True)
 class RunRecord:
-    """One timed run: the request time, each token's id and timestamp, and engine counters."""
+    """One timed run: the request time, each token's id, the adapter's timestamp (claim) and
+    the harness's receipt of it, and engine counters.
+
+    ``received_s`` is empty for a record built without receipts (then the figures are the
+    adapter's claims, unchecked); ``buffered`` is the reason of an adapter that declares it
+    holds the whole response before its first event; ``backend`` names it in a clock problem.
+    """
 
     run: int
     prompt_tokens: int
@@ -75,13 +99,41 @@ class RunRecord:
     token_ids: tuple[int, ...]
     finish_reason: str | None
     engine: dict[str, Any] | None = None
+    received_s: tuple[float, ...] = ()
+    buffered: str | None = None
+    backend: str = "?"
 
     @property
     def generated_tokens(self) -> int:
         return len(self.token_times_s)
 
+    @property
+    def times_s(self) -> tuple[float, ...]:
+        """The token times the per-token figures use: the receipts, or the claims of a
+        buffering adapter (and of a record without receipts)."""
+        return self.received_s if self.received_s and self.buffered is None else self.token_times_s
+
+    def provenance(self) -> dict[str, str]:
+        """Each figure's source: ``harness clock`` or ``adapter-reported``."""
+        return provenance(received=bool(self.received_s), buffered=self.buffered)
+
+    def clock_check(self) -> ClockCheck | None:
+        """The claims held against the receipts; None without receipts or for a malformed run."""
+        if not self.received_s or self.stream_problem() is not None:
+            return None
+        return check_clock(self.backend, self.request_s, self.token_times_s, self.received_s, buffered=self.buffered)
+
     def problem(self) -> str | None:
-        """Why this run cannot be used (early stop, disordered timestamps), or None."""
+        """Why this run cannot be used (early stop, disordered timestamps, timestamps the harness
+        clock contradicts), or None."""
+        problem = self.stream_problem()
+        if problem is not None:
+            return problem
+        check = self.clock_check()
+        return check.problem if check is not None else None
+
+    def stream_problem(self) -> str | None:
+        """Why the stream itself is unusable (early stop, disordered timestamps), or None."""
         n = self.generated_tokens
         if n != self.requested_tokens:
             return (
@@ -90,9 +142,11 @@ class RunRecord:
             )
         if n < 2:
             return f"run {self.run}: TpT needs at least 2 generated tokens, got {n}"
-        times = (self.request_s, *self.token_times_s)
-        if any(b < a for a, b in itertools.pairwise(times)):
-            return f"run {self.run}: token timestamps go backwards"
+        if self.received_s and len(self.received_s) != n:
+            return f"run {self.run}: {len(self.received_s)} receipts for {n} tokens"
+        for times in (self.token_times_s, self.received_s):
+            if any(b < a for a, b in itertools.pairwise((self.request_s, *times))):
+                return f"run {self.run}: token timestamps go backwards"
         if not self.token_times_s[0] > self.request_s:
             return f"run {self.run}: the first token's timestamp is not after the request"
         if not self.decode_s > 0:
@@ -101,16 +155,17 @@ class RunRecord:
 
     @property
     def ttft_s(self) -> float:
-        return self.token_times_s[0] - self.request_s
+        return self.times_s[0] - self.request_s
 
     @property
     def e2e_s(self) -> float:
-        return self.token_times_s[-1] - self.request_s
+        """The last receipt (else the last claim) minus the request time."""
+        return (self.received_s or self.token_times_s)[-1] - self.request_s
 
     @property
     def decode_s(self) -> float:
-        """E2E - TTFT: the time from the first token to the last."""
-        return self.token_times_s[-1] - self.token_times_s[0]
+        """The time from the first token to the last (E2E - TTFT where the figures are the harness's)."""
+        return self.times_s[-1] - self.times_s[0]
 
     @property
     def tpt_s(self) -> float:
@@ -118,8 +173,7 @@ class RunRecord:
 
     @property
     def itl_s(self) -> list[float]:
-        t = self.token_times_s
-        return [b - a for a, b in itertools.pairwise(t)]
+        return [b - a for a, b in itertools.pairwise(self.times_s)]
 
     @property
     def prefill_tps(self) -> float:
@@ -153,6 +207,8 @@ class RunRecord:
         if self.problem() is None:
             data.update(self.figures())
             data["itl_ms"] = [x * 1e3 for x in self.itl_s]
+        check = self.clock_check()
+        data["clock_check"] = check.as_dict() if check is not None else None
         data["engine"] = self.engine
         return data
 
@@ -207,8 +263,10 @@ class ScenarioResult:
         rows: list[dict[str, Any]] = []
         if self.tokenize_s is not None:
             rows.append(_stage("tokenize (prompt text)", self.tokenize_s.median * 1e3, "timed backend.tokenize()"))
-        rows.append(_stage("prefill + first token (TTFT)", self.stats("ttft_ms").median, "token stream"))
-        rows.append(_stage("decode, per token (TpT)", self.stats("tpt_ms").median, "token stream"))
+        source = self.provenance()["ttft_ms"]
+        stream = "token receipts" if source == HARNESS_CLOCK else "token timestamps"
+        rows.append(_stage("prefill + first token (TTFT)", self.stats("ttft_ms").median, f"{stream} ({source})"))
+        rows.append(_stage("decode, per token (TpT)", self.stats("tpt_ms").median, f"{stream} ({source})"))
         engine = self.engine_stats()
         if engine:
             rows.append(_stage("prefill (engine)", engine["prefill_ms"].median, "llama.cpp t_p_eval_ms"))
@@ -233,6 +291,37 @@ class ScenarioResult:
             )
         return rows
 
+    @property
+    def buffered(self) -> str | None:
+        """Why the adapter's stream holds the whole response (its per-token figures are its own), or None."""
+        return self.runs[0].buffered if self.runs else None
+
+    def provenance(self) -> dict[str, str]:
+        """Each figure's source: :data:`~pytest_minerva.timing.clock.PROVENANCES`."""
+        sources = self.runs[0].provenance() if self.runs else provenance(received=True, buffered=None)
+        sources.update(tokenize_ms=HARNESS_CLOCK, detokenize_ms=HARNESS_CLOCK)
+        if self.engine_stats():
+            sources["engine_stats"] = ENGINE_TIMERS
+        return sources
+
+    def clock_check(self) -> dict[str, Any] | None:
+        """The adapter's timestamps against the harness's receipts over the recorded runs: the
+        largest and median lag of a claim behind its receipt, and the median claimed and
+        observed E2E; the run that failed the check, if one did."""
+        checked = [(r, check) for r in self.runs if (check := r.clock_check()) is not None]
+        if not checked:
+            return None
+        lags = [(t - c) * 1e3 for r, _ in checked for c, t in zip(r.token_times_s, r.received_s, strict=True)]
+        failed = next((r.run for r, check in checked if check.problem), None)
+        return {
+            "runs": len(checked),
+            "max_lag_ms": max(lags),
+            "median_lag_ms": statistics.median(lags),
+            "claimed_e2e_ms": statistics.median(check.claimed_e2e_s * 1e3 for _, check in checked),
+            "observed_e2e_ms": statistics.median(check.observed_e2e_s * 1e3 for _, check in checked),
+            "failed_run": failed,
+        }
+
     def as_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {
             "scenario": self.scenario.name,
@@ -246,6 +335,9 @@ class ScenarioResult:
             "itl_ms": None,
             "engine_stats": {},
             "breakdown": self.breakdown(),
+            "buffered": self.buffered,
+            "provenance": self.provenance(),
+            "clock_check": self.clock_check(),
             "runs": [r.as_dict() for r in self.runs],
         }
         if self.ok:
@@ -273,24 +365,30 @@ def _reset_engine_counters(backend: Backend) -> None:
 
 
 def timed_run(backend: Backend, prompt_ids: Sequence[int], max_tokens: int, run: int = 1) -> RunRecord:
-    """Generate ``max_tokens`` tokens once and record the request time and every token event."""
+    """Generate ``max_tokens`` tokens once and record the request time and every token event
+    with the harness's receipt of it (taken in the worker for an isolated backend)."""
     request = GenerationRequest(tuple(prompt_ids), max_tokens, temperature=0.0, ignore_eos=True)
     counters = _engine_counters(backend)
+    buffered = backend.stream_buffering() if isinstance(backend, BufferedStream) else None
+    in_worker = backend.stream_received if isinstance(backend, ReceivedStream) else None
     gc.collect()
     if counters is not None:
         _reset_engine_counters(backend)
     request_s = time.perf_counter()
-    events = list(backend.stream(request))
+    received = in_worker(request) if in_worker is not None else receive(backend.stream(request))
     engine = counters() if counters is not None else None
     return RunRecord(
         run=run,
         prompt_tokens=len(prompt_ids),
         requested_tokens=max_tokens,
         request_s=request_s,
-        token_times_s=tuple(e.time_s for e in events),
-        token_ids=tuple(e.token for e in events),
-        finish_reason=events[-1].finish_reason if events else None,
+        token_times_s=tuple(e.time_s for e, _ in received),
+        token_ids=tuple(e.token for e, _ in received),
+        finish_reason=received[-1][0].finish_reason if received else None,
         engine=engine,
+        received_s=tuple(t for _, t in received),
+        buffered=str(buffered) if buffered is not None else None,
+        backend=backend.name,
     )
 
 
@@ -328,7 +426,9 @@ def run_scenario(
             record = timed_run(backend, prompt.ids, scenario.generate_tokens, run=i + 1)
             if on_run is not None:
                 on_run()
-            problem = record.problem()
+            # A warm-up's figures are never used, so only its stream is checked; a timed run that
+            # fails the clock check is kept, with the check's figures, in the JSON.
+            problem = record.stream_problem()
             if problem:
                 result.error = f"warm-up {problem}"
                 return result

@@ -1,8 +1,9 @@
 """The module listed under the ``pytest_minerva`` entry-point group.
 
 It must stay cheap to import: the backend class is named by a ``"module:Class"`` string and
-imported only when a case runs. The implementations are marked with ``pytest.hookimpl`` so that
-both pytest's plugin manager and the plain pluggy relay of the ``minerva`` command accept them.
+imported only when a case runs. pytest and the ``minerva`` command both take unmarked
+``pytest_minerva_*`` functions; these are marked with ``pytest.hookimpl`` only to show where
+options such as ``tryfirst`` would go.
 """
 
 from __future__ import annotations
