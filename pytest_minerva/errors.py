@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import unicodedata
 from collections.abc import Iterable
 from pathlib import Path
@@ -33,6 +34,19 @@ def printable(value: object, limit: int | None = None) -> str:
     if limit is not None and len(out) > limit:
         out = out[: max(limit - 3, 0)] + "..."
     return out
+
+
+#: How a symlink loop reads in a one-line error (Python 3.11's ``Path.resolve`` reports one as
+#: ``RuntimeError``, so callers also use it without an ``OSError`` in hand).
+SYMLINK_LOOP = "a symlink loop (too many levels of symbolic links)"
+
+
+def os_problem(exc: OSError) -> str:
+    """What an :class:`OSError` on a path means, in words for a one-line message."""
+    if exc.errno == errno.ELOOP:
+        return SYMLINK_LOOP
+    text = exc.strerror or type(exc).__name__
+    return text[:1].lower() + text[1:]
 
 
 class EscapedLines(str):

@@ -75,11 +75,11 @@ def compare_document(
 
 
 def _side(document: Mapping[str, Any], role: str) -> str:
-    from pytest_minerva.timing.report import text
+    from pytest_minerva.errors import printable
 
     side = document.get(role) or {}
     commit = side.get("commit")
-    return text(f"{side.get('spec', '?')}" + (f" ({str(commit)[:12]})" if commit else ""))
+    return printable(f"{side.get('spec', '?')}" + (f" ({str(commit)[:12]})" if commit else ""))
 
 
 def markdown(document: Mapping[str, Any]) -> str:
@@ -88,7 +88,8 @@ def markdown(document: Mapping[str, Any]) -> str:
     Names, errors and notes may come from a results file or a build's output, so each is
     escaped to one line, and ``|`` in a table cell cannot split its row.
     """
-    from pytest_minerva.timing.report import cell, number, text
+    from pytest_minerva.errors import printable
+    from pytest_minerva.timing.report import cell, number
 
     criteria = document["criteria"]
     settings = document.get("settings") or {}
@@ -96,7 +97,7 @@ def markdown(document: Mapping[str, Any]) -> str:
     lines = [
         f"## minerva compare: BASE {_side(document, 'base')} vs HEAD {_side(document, 'head')}",
         "",
-        text(f"Status: **{document['status']}**: {document['reason']}"),
+        printable(f"Status: **{document['status']}**: {document['reason']}"),
         "",
     ]
     statistic = "median" if criteria["statistic"] == "median" else "geometric mean"
@@ -143,5 +144,5 @@ def markdown(document: Mapping[str, Any]) -> str:
             )
     for title, items in (("Errors", document["errors"]), ("Notes", document["notes"])):
         if items:
-            lines += ["", f"{title}:", *[f"- {text(item)}" for item in items]]
+            lines += ["", f"{title}:", *[f"- {printable(item)}" for item in items]]
     return "\n".join(lines) + "\n"

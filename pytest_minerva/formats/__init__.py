@@ -18,7 +18,7 @@ import stat
 from pathlib import Path
 from typing import TextIO
 
-from pytest_minerva.errors import FormatError, printable
+from pytest_minerva.errors import FormatError, os_problem, printable
 from pytest_minerva.formats.common import (
     CHECKER_BUG,
     MAX_JSON_BYTES,
@@ -38,7 +38,6 @@ from pytest_minerva.formats.common import (
     mlx_quantization,
     nonfinite_problem,
     open_regular,
-    os_problem,
     parse_json,
     pickle_refusal,
     quote,

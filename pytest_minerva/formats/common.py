@@ -7,7 +7,6 @@ The GGUF and SafeTensors parsers (:mod:`.gguf`, :mod:`.safetensors`) build on th
 
 from __future__ import annotations
 
-import errno
 import json
 import math
 import os
@@ -16,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from pytest_minerva.errors import FormatError, printable
+from pytest_minerva.errors import FormatError, os_problem, printable
 
 #: Bytes read per request while parsing a header.
 WINDOW = 1 << 20
@@ -208,14 +207,6 @@ class ByteSource(Protocol):
     size: int
 
     def read(self, offset: int, length: int) -> bytes: ...
-
-
-def os_problem(exc: OSError) -> str:
-    """What an :class:`OSError` on a path means, in words for a one-line message."""
-    if exc.errno == errno.ELOOP:
-        return "a symlink loop (too many levels of symbolic links)"
-    text = exc.strerror or type(exc).__name__
-    return text[:1].lower() + text[1:]
 
 
 def open_regular(path: str | Path, shown: str | Path) -> tuple[int, os.stat_result]:

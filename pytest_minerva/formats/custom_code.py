@@ -16,8 +16,8 @@ from collections.abc import Container
 from pathlib import Path
 from typing import Any
 
-from pytest_minerva.errors import FormatError, UnsafeFile
-from pytest_minerva.formats.common import os_problem, quote, read_json_file
+from pytest_minerva.errors import FormatError, UnsafeFile, os_problem
+from pytest_minerva.formats.common import quote, read_json_file
 
 #: The files loaders read from a model directory, and the keys in them that name code to import.
 CODE_KEYS: dict[str, tuple[str, ...]] = {

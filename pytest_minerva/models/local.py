@@ -17,7 +17,7 @@ import re
 import stat
 from pathlib import Path
 
-from pytest_minerva.errors import PathEscape, UnknownModel, UnsafeFile, printable
+from pytest_minerva.errors import SYMLINK_LOOP, PathEscape, UnknownModel, UnsafeFile, os_problem, printable
 from pytest_minerva.models.catalog import ArtifactSpec, Catalog, ModelSpec
 
 
@@ -58,8 +58,6 @@ def refuse_pickled(path: Path) -> None:
 def _path_status(path: Path, shown: str) -> os.stat_result | None:
     """``os.stat(path)``, None when nothing is there; any other failure (symlink loop, name too
     long, permission) is a one-line :class:`UnknownModel` naming ``shown``."""
-    from pytest_minerva.formats import os_problem
-
     try:
         return os.stat(path)
     except (FileNotFoundError, NotADirectoryError):
@@ -72,15 +70,13 @@ def _path_status(path: Path, shown: str) -> os.stat_result | None:
 
 def _real_path(path: Path) -> Path:
     """``path`` with symlinks resolved; a loop or another failure is a one-line :class:`UnknownModel`."""
-    from pytest_minerva.formats import os_problem
-
     try:
         return path.expanduser().resolve(strict=True)
     except OSError as exc:
         raise UnknownModel(f"{path}: {os_problem(exc)}") from None
     except RuntimeError:
         # Python 3.11 reports a symlink loop met while resolving as RuntimeError.
-        raise UnknownModel(f"{path}: a symlink loop (too many levels of symbolic links)") from None
+        raise UnknownModel(f"{path}: {SYMLINK_LOOP}") from None
 
 
 def _hf_snapshot_blobs(real_root: Path) -> Path | None:
@@ -98,8 +94,6 @@ def refuse_escaping_links(root: Path) -> None:
     A link named ``model.safetensors`` could point at any file of the user's: it would be
     read and described in an error. The message names the link, never the target.
     """
-    from pytest_minerva.formats import os_problem
-
     real_root = _real_path(root)
     allowed = [real_root]
     blobs = _hf_snapshot_blobs(real_root)

@@ -22,7 +22,16 @@ from pathlib import Path
 from typing import Any
 
 from pytest_minerva.derive.cache import ArtifactCache, CacheEntry
-from pytest_minerva.errors import ArtifactMissing, FormatError, MinervaError, PathEscape, UnsafeFile, printable
+from pytest_minerva.errors import (
+    SYMLINK_LOOP,
+    ArtifactMissing,
+    FormatError,
+    MinervaError,
+    PathEscape,
+    UnsafeFile,
+    os_problem,
+    printable,
+)
 from pytest_minerva.models.catalog import ArtifactSpec, ModelSpec, check_name
 from pytest_minerva.models.local import pickled_weights, refuse_escaping_links
 from pytest_minerva.models.quant import quant_bits
@@ -89,7 +98,7 @@ def _resolved(path: Path) -> Path:
         return path.resolve()
     except RuntimeError:
         # Python 3.11 reports a symlink loop met while resolving as RuntimeError, not OSError.
-        raise FormatError(path, "a symlink loop (too many levels of symbolic links)") from None
+        raise FormatError(path, SYMLINK_LOOP) from None
 
 
 def _generated_key(model: ModelSpec, module: Any) -> str:
@@ -209,8 +218,6 @@ class Resolver:
         try:
             return self._locate(model, spec)
         except OSError as exc:
-            from pytest_minerva.formats import os_problem
-
             raise FormatError(exc.filename or model.name, os_problem(exc)) from None
 
     def _locate(self, model: ModelSpec, spec: ArtifactSpec) -> tuple[Path, str] | None:

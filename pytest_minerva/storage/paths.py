@@ -16,7 +16,7 @@ import os
 import stat
 from pathlib import Path
 
-from pytest_minerva.errors import MinervaError
+from pytest_minerva.errors import SYMLINK_LOOP, MinervaError
 
 #: Prefix of the probe file a writability check creates and removes at once; the same as the
 #: atomic writers' temporaries, so a probe left by a killed process is cleaned up with them.
@@ -40,7 +40,7 @@ def _what(mode: int) -> str:
 def _problem(path: Path, exc: OSError) -> MinervaError:
     """An OSError from looking ``path`` up, as one line that says which part is wrong."""
     if exc.errno == errno.ELOOP:
-        return MinervaError(f"{path}: a symlink loop (too many levels of symbolic links)")
+        return MinervaError(f"{path}: {SYMLINK_LOOP}")
     if exc.errno == errno.ENAMETOOLONG:
         return MinervaError(f"{path}: file name too long for this file system")
     if exc.errno == errno.ENOTDIR:

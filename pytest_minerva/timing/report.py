@@ -24,13 +24,9 @@ LEGEND = (
 )
 
 
-def text(value: Any) -> str:
-    """``value`` as one line that cannot forge another or carry a terminal escape."""
-    return printable(value)
-
-
 def cell(value: Any) -> str:
-    """``value`` as one markdown table cell: :func:`text`, with ``|`` escaped so it cannot split the row."""
+    """``value`` as one markdown table cell: :func:`~pytest_minerva.errors.printable`, with ``|``
+    escaped so it cannot split the row."""
     return printable(value).replace("|", "\\|")
 
 
@@ -87,7 +83,7 @@ def provenance_notes(benchmarks: Sequence[Mapping[str, Any]]) -> list[str]:
             if source == HARNESS_CLOCK or figure not in _TABLE_FIGURES:
                 continue
             why = bench.get("buffered") or "the harness took no receipts of its events"
-            notes[text(f"{NOT_HARNESS_CLOCK} {source}, not the harness clock: {bench['backend']} {why}.")] = None
+            notes[printable(f"{NOT_HARNESS_CLOCK} {source}, not the harness clock: {bench['backend']} {why}.")] = None
     return list(notes)
 
 
@@ -170,12 +166,12 @@ def roofline_line(backend: Mapping[str, Any], bandwidth: Mapping[str, Any] | Non
     roof, weights = backend.get("roofline"), backend.get("weights")
     if not roof or not weights:
         return None
-    method = f" ({text(bandwidth['method'])})" if bandwidth else ""
+    method = f" ({printable(bandwidth['method'])})" if bandwidth else ""
     return (
         f"Roofline: {number(roof['bandwidth_gb_per_s'])} GB/s measured read bandwidth{method} / "
-        f"{size(roof['bytes_per_token'])} read per token (computed: {text(weights['method'])}) = ceiling "
+        f"{size(roof['bytes_per_token'])} read per token (computed: {printable(weights['method'])}) = ceiling "
         f"{number(roof['ceiling_tokens_per_s'])} t/s; decode {number(roof['decode_tokens_per_s'])} t/s "
-        f"({text(backend.get('roofline_scenario'))}) is {roof['fraction'] * 100:.1f}% of it."
+        f"({printable(backend.get('roofline_scenario'))}) is {roof['fraction'] * 100:.1f}% of it."
     )
 
 
@@ -199,9 +195,10 @@ def memory_line(backend: Mapping[str, Any]) -> str:
     mem = backend.get("memory") or {}
     parts = [f"load {number(backend.get('load_s'))} s (+{size(mem.get('load_rss_bytes'))} RSS)"]
     if mem.get("peak_rss_bytes") is not None:
-        parts.append(f"peak RSS {size(mem['peak_rss_bytes'])} ({text(mem.get('peak_rss_method'))})")
+        parts.append(f"peak RSS {size(mem['peak_rss_bytes'])} ({printable(mem.get('peak_rss_method'))})")
     if mem.get("device_peak_bytes") is not None:
-        parts.append(f"peak device memory {size(mem['device_peak_bytes'])} ({text(mem.get('device_peak_method'))})")
+        method = printable(mem.get("device_peak_method"))
+        parts.append(f"peak device memory {size(mem['device_peak_bytes'])} ({method})")
     return "Memory: " + "; ".join(parts) + "."
 
 
@@ -211,11 +208,11 @@ def kv_line(backend: Mapping[str, Any]) -> str | None:
         return None
     parts = []
     if kv.get("computed_bytes_per_token") is not None:
-        parts.append(f"{size(kv['computed_bytes_per_token'])}/token {text(kv['computed_formula'])}")
+        parts.append(f"{size(kv['computed_bytes_per_token'])}/token {printable(kv['computed_formula'])}")
     if kv.get("measured_bytes_per_token") is not None:
-        parts.append(f"{size(kv['measured_bytes_per_token'])}/token measured: {text(kv['measured_method'])}")
+        parts.append(f"{size(kv['measured_bytes_per_token'])}/token measured: {printable(kv['measured_method'])}")
     if kv.get("note"):
-        parts.append(text(kv["note"]))
+        parts.append(printable(kv["note"]))
     return "KV cache: " + "; ".join(parts) + "." if parts else None
 
 
@@ -224,7 +221,7 @@ def backend_title(backend: Mapping[str, Any]) -> str:
     threads = f", {info['threads']} threads" if info.get("threads") else ""
     version = f" {info['version']}" if info.get("version") else ""
     quant = f" {backend['quant']}" if backend.get("quant") else ""
-    return text(
+    return printable(
         f"### {backend['backend']}{version}: {backend['model']} {backend['format']}{quant} "
         f"on {backend['device']}{threads}"
     )
@@ -235,11 +232,11 @@ def markdown(document: Mapping[str, Any]) -> str:
     then the cases that did not run, with the reason."""
     settings = document.get("settings", {})
     machine = document.get("machine_info", {})
-    lines = [f"## minerva bench: {text(settings.get('model', '?'))}", ""]
+    lines = [f"## minerva bench: {printable(settings.get('model', '?'))}", ""]
     cpu = machine.get("cpu_model", "unknown CPU")
     load = machine.get("load_average")
     load_text = f"; load average {', '.join(f'{x:.2f}' for x in load)} at start" if load else ""
-    lines.append(text(f"Machine: {cpu}, {machine.get('logical_cores', '?')} logical cores{load_text}."))
+    lines.append(printable(f"Machine: {cpu}, {machine.get('logical_cores', '?')} logical cores{load_text}."))
     lines.append(LEGEND.format(runs=settings.get("runs", "?"), warmup=settings.get("warmup", "?")))
     bandwidth = document.get("bandwidth")
     unavailable = []
@@ -252,7 +249,7 @@ def markdown(document: Mapping[str, Any]) -> str:
         swept = [b for b in benches if b["scenario"].startswith("sweep-")]
         lines += ["", backend_title(backend), ""]
         if backend["status"] in ("error", "crashed") and not benches:
-            lines.append(text(f"{backend['status'].capitalize()}: {backend['reason']}"))
+            lines.append(printable(f"{backend['status'].capitalize()}: {backend['reason']}"))
             continue
         if named:
             lines += scenario_table(named)
@@ -267,8 +264,8 @@ def markdown(document: Mapping[str, Any]) -> str:
                 lines.append(extra)
         longest = max((b for b in named if b["error"] is None), key=lambda b: b["generate_tokens"], default=None)
         if longest is not None:
-            lines += ["", text(f"Timing breakdown ({longest['scenario']}):"), "", *breakdown_table(longest)]
+            lines += ["", printable(f"Timing breakdown ({longest['scenario']}):"), "", *breakdown_table(longest)]
     if unavailable:
         lines += ["", "Not run:"]
-        lines += [text(f"- {b['case_id']}: {b['reason']}") for b in unavailable]
+        lines += [printable(f"- {b['case_id']}: {b['reason']}") for b in unavailable]
     return "\n".join(lines) + "\n"
