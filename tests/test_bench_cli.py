@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import csv
-import io
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from command_line import Ran, run_cli
 
-from pytest_minerva.commands import main
 from pytest_minerva.models.catalog import fixtures_dir
 from pytest_minerva.storage import results
 from pytest_minerva.timing import report
@@ -21,23 +18,6 @@ TABLE_HEADER = (
     "| Scenario | Prompt | TTFT ms | TpT ms | ITL p90/p99 ms | Throughput t/s | Prefill t/s | Decode t/s "
     "| Generated | Runs |"
 )
-
-
-@dataclass
-class Ran:
-    code: int
-    out: str
-    err: str
-
-
-def run_cli(*argv: str) -> Ran:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = main(list(argv))
-        except SystemExit as exc:
-            code = int(exc.code or 0)
-    return Ran(code, out.getvalue(), err.getvalue())
 
 
 @pytest.fixture(scope="module")

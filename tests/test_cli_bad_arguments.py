@@ -23,9 +23,7 @@ from files.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib
-import io
 import os
 import re
 import subprocess
@@ -39,9 +37,10 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from command_line import Ran, run_cli
 from model_files import small_gguf
 
-from pytest_minerva.commands import main, make_parser
+from pytest_minerva.commands import make_parser
 
 LONG_NAME = "a" * 300
 ESCAPES = "x\x1b[31m\nforged: ok"
@@ -55,25 +54,8 @@ def safe(text: str) -> bool:
 # -- running the command line ---------------------------------------------------------------------
 
 
-@dataclass
-class Ran:
-    code: int
-    out: str
-    err: str
-
-
 class HandlerReached(BaseException):
     """Raised by a subcommand's replaced handler: the bad value got past parsing."""
-
-
-def run_cli(*argv: str) -> Ran:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = main(list(argv))
-        except SystemExit as exc:
-            code = int(exc.code or 0) if not isinstance(exc.code, str) else 1
-    return Ran(code, out.getvalue(), err.getvalue())
 
 
 def run_cli_process(*argv: str, timeout: float = 60) -> Ran:

@@ -3,22 +3,19 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
 import math
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from command_line import Ran, run_cli
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pytest_minerva.commands import main
 from pytest_minerva.compare import (
     Criteria,
     Round,
@@ -42,23 +39,6 @@ from pytest_minerva.timing.harness import RunRecord, ScenarioResult
 
 REPO = Path(__file__).resolve().parent.parent
 TABLE_HEADER = "| Benchmark | Figure | BASE median | HEAD median | HEAD/BASE | 95% CI | p | Verdict |"
-
-
-@dataclass
-class Ran:
-    code: int
-    out: str
-    err: str
-
-
-def run_cli(*argv: str) -> Ran:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = main(list(argv))
-        except SystemExit as exc:
-            code = int(exc.code or 0)
-    return Ran(code, out.getvalue(), err.getvalue())
 
 
 # Wilcoxon signed-rank, exact: W+ of ranks 1..n; every sign pattern has probability 2**-n.
