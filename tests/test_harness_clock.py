@@ -213,7 +213,8 @@ def test_an_honest_streaming_backend_passes_with_the_harness_clock() -> None:
         assert run.figures()["ttft_ms"] == pytest.approx((run.received_s[0] - run.request_s) * 1e3)
     data = result.as_dict()
     assert data["buffered"] is None
-    assert set(data["provenance"].values()) == {clock.HARNESS_CLOCK}
+    assert set(data["provenance"].values()) == {clock.HARNESS_CLOCK, clock.HARNESS_CPU_CLOCK}
+    assert {data["provenance"][figure] for figure in clock.CPU_FIGURES.values()} == {clock.HARNESS_CPU_CLOCK}
     assert {"ttft_ms", "tpt_ms", "itl_ms", "total_ms", "throughput_tps", "prefill_tps", "decode_tps"} <= set(
         data["provenance"]
     )
@@ -524,7 +525,8 @@ def test_bench_fails_lying_backends_and_measures_the_honest_ones(liars_site: Pat
         for bench in by_backend[name]:
             assert bench["error"] is None, (name, bench["error"])
             assert len(bench["runs"]) == 3 and bench["stats"]["decode_tps"]["median"] > 0
-            assert set(bench["provenance"].values()) <= {clock.HARNESS_CLOCK, clock.ENGINE_TIMERS}
+            sources = {clock.HARNESS_CLOCK, clock.HARNESS_CPU_CLOCK, clock.ENGINE_TIMERS}
+            assert set(bench["provenance"].values()) <= sources
             assert bench["clock_check"]["runs"] == 3 and bench["clock_check"]["failed_run"] is None
         assert {b["status"] for b in document["backends"] if b["backend"] == name} == {"ok"}
     assert "†" not in done.stdout  # every figure shown is the harness clock's

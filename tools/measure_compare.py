@@ -29,6 +29,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -43,7 +44,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pytest_minerva.compare import Criteria, compare_paired, interleave
+from pytest_minerva.compare import DEFAULT_FIGURES, Criteria, Round, compare_paired, interleave
+from pytest_minerva.compare.sequential import choose_clocks, first_look, judge_look, look_alpha, look_points
 
 if TYPE_CHECKING:
     import numpy as np
@@ -316,6 +318,323 @@ def real_slowdown(args: argparse.Namespace) -> str:
     return real_markdown(run, f"Real slowdown: {args.delay_ms} ms busy-wait per generated token, {args.rounds} rounds")
 
 
+# ---------------------------------------------------------------------------------------------
+# gate: the new method (warm workers, CPU time where it helps, sequential looks) against the old
+# (a fresh 'minerva bench' per side per round, wall time, 10 fixed rounds) on the real model.
+
+EXTRA_WORK_PATCH = """
+
+# measure_compare.py gate: real extra work, a fixed fraction of each decode step's CPU time.
+import time as _time
+
+
+def _extra_work_in_each_decode(stream):
+    def slowed(self, request):
+        clock = _time.thread_time
+        last = clock()
+        for event in stream(self, request):
+            until = clock() + {fraction!r} * (clock() - last)
+            while clock() < until:
+                pass
+            last = clock()
+            yield event
+
+    return slowed
+
+
+LlamaCppBackend.stream = _extra_work_in_each_decode(LlamaCppBackend.stream)
+"""
+
+
+def make_gate_clone(target: Path, fractions: Sequence[float]) -> dict[str, str]:
+    """Clone HEAD into ``target``; one commit per fraction on top, each adding that much work per decode.
+
+    Returns condition -> commit: ``base`` (HEAD itself) and one per fraction (``"0.05"``).
+    """
+    git = ["git", "-C", str(target), "-c", "user.name=measure", "-c", "user.email=measure@localhost"]
+    subprocess.run(["git", "clone", "--quiet", "--no-hardlinks", str(REPO), str(target)], check=True)
+    adapter = target / "pytest_minerva" / "backends" / "llama_cpp.py"
+    original = adapter.read_text()
+    base = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    commits = {"base": base}
+    for fraction in fractions:
+        subprocess.run([*git, "checkout", "--quiet", "--detach", base], check=True)
+        adapter.write_text(original + EXTRA_WORK_PATCH.format(fraction=fraction))
+        subprocess.run([*git, "commit", "--quiet", "-am", f"{fraction:.0%} extra work per decode"], check=True)
+        commits[f"{fraction:g}"] = subprocess.run(
+            [*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    subprocess.run([*git, "checkout", "--quiet", "--detach", base], check=True)
+    return commits
+
+
+LOAD_LOOP = {
+    "cpu": "while True: pass",
+    "memory": (
+        "import numpy as np\na = np.ones(64 << 17)\nb = np.empty_like(a)\nwhile True: np.copyto(b, a); np.copyto(a, b)"
+    ),
+}
+
+
+class LoadGenerator:
+    """``n`` busy processes (a pure-Python loop, or numpy copies of 64 MiB arrays), started and stopped here."""
+
+    def __init__(self, n: int, kind: str = "cpu") -> None:
+        self.n, self.kind = n, kind
+        self.procs: list[subprocess.Popen] = []
+
+    def __enter__(self) -> LoadGenerator:
+        env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+        for _ in range(self.n):
+            self.procs.append(subprocess.Popen([sys.executable, "-c", LOAD_LOOP[self.kind]], env=env))
+        if self.n:
+            deadline = time.monotonic() + 150
+            while os.getloadavg()[0] < min(self.n, 4) and time.monotonic() < deadline:
+                time.sleep(2)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for proc in self.procs:
+            proc.kill()
+        for proc in self.procs:
+            proc.wait()
+
+
+def gate_compare(
+    clone: Path, base: str, head: str, args: argparse.Namespace, json_path: Path, *extra: str
+) -> dict[str, Any]:
+    """One 'minerva compare' of two commits of the clone (every round kept in its JSON)."""
+    command = [
+        sys.executable, "-m", "pytest_minerva.commands", "compare", base, head, "--repo", str(clone),
+        "--model", args.model, "--backend", args.backend, "--scenario", args.scenario,
+        "--threads", str(args.threads), "--json", str(json_path), "--budget", "86400", *extra,
+    ]  # fmt: skip
+    started = time.perf_counter()
+    done = subprocess.run(command, cwd=clone, capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - started
+    if not json_path.is_file():
+        raise SystemExit(f"minerva compare wrote no JSON (exit {done.returncode}): {done.stderr.strip()}")
+    document = json.loads(json_path.read_text())
+    if document["status"] == "error":
+        raise SystemExit(f"minerva compare failed: {document['reason']}")
+    return {"wall_s": wall, "load_average": list(os.getloadavg()), "document": document}
+
+
+def collect_gate(args: argparse.Namespace) -> dict[str, Any]:
+    """Pools of rounds, per method and condition, measured under one load (conditions interleaved in blocks)."""
+    fractions = [float(f) for f in args.fractions.split(",")]
+    started = time.perf_counter()
+    pools: dict[str, dict[str, list[dict[str, Any]]]] = {"new": {}, "old": {}}
+    with tempfile.TemporaryDirectory(prefix="measure-gate-") as scratch:
+        clone = Path(scratch) / "clone"
+        commits = make_gate_clone(clone, fractions)
+        conditions = ["0", *[f"{f:g}" for f in fractions]]
+        with LoadGenerator(args.load, args.load_kind) as load:
+            load_at_start = list(os.getloadavg())
+            for block in range(args.blocks):
+                for condition in conditions:
+                    head = commits["base"] if condition == "0" else commits[condition]
+                    for method in ("new", "old"):
+                        rounds = args.new_rounds if method == "new" else args.old_rounds
+                        extra = (
+                            ["--no-sequential", "--rounds", str(rounds), "--runs", "1", "--seed", str(block)]
+                            if method == "new"
+                            else ["--method", "invocations", "--no-sequential", "--rounds", str(rounds),
+                                  "--runs", "3", "--clock", "wall", "--seed", str(block)]
+                        )  # fmt: skip
+                        run = gate_compare(clone, commits["base"], head, args, Path(scratch) / "c.json", *extra)
+                        pools[method].setdefault(condition, []).append(run)
+                        if args.progress:
+                            print(
+                                f"block {block + 1} {condition} {method}: {run['wall_s']:.0f} s, load "
+                                f"{run['load_average'][0]:.1f}, total {time.perf_counter() - started:.0f} s",
+                                file=sys.stderr,
+                            )
+            loads = [run["load_average"][0] for m in pools.values() for c in m.values() for run in c]
+            n_load = load.n
+    return {
+        "load": n_load,
+        "load_kind": args.load_kind,
+        "load_average_at_start": load_at_start,
+        "load_average_1min": {"min": min(loads), "median": statistics.median(loads), "max": max(loads)},
+        "fractions": fractions,
+        "seconds": time.perf_counter() - started,
+        "cpu": _cpu_name(),
+        "pools": pools,
+    }
+
+
+def _cpu_name() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return "?"
+
+
+def _rounds_of(run: dict[str, Any]) -> list[Round]:
+    return [
+        Round(r["round"], tuple(r["order"]), r["base"], r["head"], float(r["seconds"]))
+        for r in run["document"]["rounds"]
+    ]
+
+
+def _overheads(runs: Sequence[dict[str, Any]]) -> tuple[float, float]:
+    """(fixed seconds per compare outside rounds and worker starts, seconds per worker (re)start of both sides)."""
+    fixed, per_start = [], []
+    for run in runs:
+        settings = run["document"]["settings"]
+        rounds = sum(r["seconds"] for r in run["document"]["rounds"])
+        starts, start_s = settings.get("worker_starts") or 0, settings.get("worker_start_s") or 0.0
+        # Round seconds include the (re)starts that happened inside measure(); take them out once.
+        fixed.append(run["wall_s"] - rounds)
+        if starts:
+            per_start.append(start_s / starts)
+    return statistics.median(fixed), statistics.median(per_start) if per_start else 0.0
+
+
+def new_trial(
+    pool: Sequence[Sequence[Round]], rng: random.Random, budget: float, fixed_s: float, criteria: Criteria
+) -> dict[str, Any]:
+    """Replay the sequential method on rounds drawn from the pool: the looks, the stop, the verdict, the time.
+
+    Rounds are drawn without replacement from the pooled runs, keeping ABBA pairs (rounds 2k-1, 2k)
+    together so that every drawn block still cancels drift. The trial's time is the drawn rounds'
+    own seconds (which include the worker restarts that fell in them) plus the compare's fixed cost.
+    """
+    blocks = [run[i : i + 2] for run in pool for i in range(0, len(run) - 1, 2)]
+    rng.shuffle(blocks)
+    drawn = [r for block in blocks for r in block]
+    figures = list(DEFAULT_FIGURES)
+    points = look_points(len(drawn), first=first_look(criteria.confidence))
+    done: list[Round] = []
+    clocks: dict[str, Any] = {}
+    elapsed = fixed_s
+    look = None
+    looks = 0
+    stop = "pool"
+    for r in drawn:
+        done.append(r)
+        elapsed += r.seconds
+        per_round = (elapsed - fixed_s) / len(done)
+        out_of_time = elapsed + per_round > budget
+        if len(done) in points or out_of_time:
+            if not clocks:
+                names = sorted(set.intersection(*(set(x.base) & set(x.head) for x in done)))
+                clocks = {name: choose_clocks(done, name, figures, "auto") for name in names}
+            looks += 1
+            look = judge_look(done, criteria, figures, clocks, index=looks, alpha=look_alpha(criteria.alpha, looks))
+            if look.decided:
+                stop = "decided"
+                break
+        if out_of_time:
+            stop = "budget"
+            break
+    assert look is not None
+    verdicts = [c.verdict for c in look.comparisons]
+    on_cpu = sorted({c.figure for c in look.comparisons if "_cpu_" in c.figure})
+    return {"slower": "slower" in verdicts, "rounds": len(done), "seconds": elapsed, "stop": stop, "cpu": on_cpu}
+
+
+def old_trial(pool: Sequence[Sequence[Round]], rng: random.Random, rounds: int, fixed_s: float) -> dict[str, Any]:
+    """The old method on ``rounds`` rounds drawn from the pool: wall-clock figures, one look at 95%."""
+    blocks = [run[i : i + 2] for run in pool for i in range(0, len(run) - 1, 2)]
+    drawn = [r for block in rng.sample(blocks, rounds // 2) for r in block]
+    criteria = Criteria()
+    verdicts = [
+        compare_paired(
+            [r.base[name][f] for r in drawn], [r.head[name][f] for r in drawn], criteria=criteria, figure=f
+        ).verdict
+        for name in sorted(set.intersection(*(set(r.base) & set(r.head) for r in drawn)))
+        for f in DEFAULT_FIGURES
+    ]
+    return {"slower": "slower" in verdicts, "rounds": rounds, "seconds": fixed_s + sum(r.seconds for r in drawn)}
+
+
+def evaluate_gate(raw: dict[str, Any], trials_new: int, trials_old: int, budget: float, seed: int) -> list[dict]:
+    rows = []
+    rng = random.Random(seed)
+    criteria = Criteria()
+    for condition in raw["pools"]["new"]:
+        new_runs = raw["pools"]["new"][condition]
+        old_runs = raw["pools"]["old"][condition]
+        new_fixed, _ = _overheads(new_runs)
+        old_fixed, _ = _overheads(old_runs)
+        new_pool = [_rounds_of(run) for run in new_runs]
+        old_pool = [_rounds_of(run) for run in old_runs]
+        new = [new_trial(new_pool, rng, budget, new_fixed, criteria) for _ in range(trials_new)]
+        old = [old_trial(old_pool, rng, 10, old_fixed) for _ in range(trials_old)]
+        spreads = {}
+        for key, pool in (("new", new_pool), ("old", old_pool)):
+            everything = [r for run in pool for r in run]
+            name = next(iter(everything[0].base))
+            for figure in ("tpt_ms", "tpt_cpu_ms", "ttft_ms", "ttft_cpu_ms"):
+                logs = [math.log(r.head[name][figure] / r.base[name][figure]) for r in everything
+                        if figure in r.base[name] and figure in r.head[name]]  # fmt: skip
+                if len(logs) > 2:
+                    spreads[f"{key} {figure}"] = robust_spread(logs)
+        rows.append(
+            {
+                "condition": condition,
+                "new": new,
+                "old": old,
+                "pool_rounds": {"new": sum(map(len, new_pool)), "old": sum(map(len, old_pool))},
+                "spreads": spreads,
+            }
+        )
+    return rows
+
+
+def _rate(trials: Sequence[dict[str, Any]]) -> str:
+    hits = sum(t["slower"] for t in trials)
+    low, high = wilson(hits, len(trials))
+    return f"{hits}/{len(trials)} = {hits / len(trials) * 100:.1f}% [{low * 100:.1f}–{high * 100:.1f}]"
+
+
+def gate_markdown(raw: dict[str, Any], rows: list[dict[str, Any]], budget: float) -> str:
+    load = raw["load_average_1min"]
+    lines = [
+        f"Load: {raw['load']} {raw['load_kind']} load processes; 1-minute load average {load['min']:.1f}–"
+        f"{load['max']:.1f} (median {load['median']:.1f}) over {raw['seconds'] / 60:.1f} min of measuring; "
+        f"CPU: {raw['cpu']}.",
+        "",
+        "| true slowdown | method | `slower` verdicts [95% Wilson] | rounds (median, max) | wall s per trial "
+        "(median, max) | judged on CPU time |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        pct = "0% (A/A: false alarms)" if row["condition"] == "0" else f"{float(row['condition']) * 100:g}%"
+        for method in ("old", "new"):
+            trials = row[method]
+            rounds = [t["rounds"] for t in trials]
+            secs = [t["seconds"] for t in trials]
+            cpu = sum(bool(t.get("cpu")) for t in trials) if method == "new" else 0
+            label = (
+                "old: fresh processes, wall, 10 rounds" if method == "old" else f"new: warm, sequential, {budget:g} s"
+            )
+            lines.append(
+                f"| {pct} | {label} | {_rate(trials)} | {statistics.median(rounds):.0f}, {max(rounds)} "
+                f"| {statistics.median(secs):.0f}, {max(secs):.0f} | {cpu}/{len(trials)} |"
+            )
+    lines += ["", "Per-round spread of the log ratios (scaled MAD), from the pools:", ""]
+    for row in rows:
+        spreads = ", ".join(f"{k} {v * 100:.2f}%" for k, v in row["spreads"].items())
+        lines.append(f"- {row['condition']}: {spreads} (pool: {row['pool_rounds']['new']} new rounds, "
+                     f"{row['pool_rounds']['old']} old)")  # fmt: skip
+    return "\n".join(lines)
+
+
+def gate(args: argparse.Namespace) -> str:
+    if args.load_json:
+        raw = json.loads(Path(args.load_json).read_text())
+    else:
+        raw = collect_gate(args)
+        if args.json:
+            Path(args.json).write_text(json.dumps(raw))
+    rows = evaluate_gate(raw, args.trials_new, args.trials_old, args.budget, args.seed)
+    return gate_markdown(raw, rows, args.budget)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     sub = parser.add_subparsers(dest="what", required=True)
@@ -346,8 +665,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         real_parser.add_argument("--json", help="also write the comparison document here")
         if name == "real-slowdown":
             real_parser.add_argument("--delay-ms", type=float, default=1.2, help="busy-wait per token (default: 1.2)")
+    gate_parser = sub.add_parser("gate", help="old against new method on the real model, quiet or under load")
+    gate_parser.add_argument("--model", default="smollm2-135m")
+    gate_parser.add_argument("--backend", default="llama_cpp")
+    gate_parser.add_argument("--scenario", default="short")
+    gate_parser.add_argument("--threads", type=int, default=1)
+    gate_parser.add_argument("--load", type=int, default=0, help="background load processes (default: 0, quiet)")
+    gate_parser.add_argument("--load-kind", choices=sorted(LOAD_LOOP), default="cpu")
+    gate_parser.add_argument("--fractions", default="0.05,0.10", help="extra work per decode (default: 0.05,0.10)")
+    gate_parser.add_argument("--blocks", type=int, default=2, help="compares per method and condition (default: 2)")
+    gate_parser.add_argument("--new-rounds", type=int, default=48, help="rounds per new-method compare (default: 48)")
+    gate_parser.add_argument("--old-rounds", type=int, default=12, help="rounds per old-method compare (default: 12)")
+    gate_parser.add_argument(
+        "--trials-new", type=int, default=100, help="new-method trials per condition (default: 100)"
+    )
+    gate_parser.add_argument("--trials-old", type=int, default=30, help="old-method trials per condition (default: 30)")
+    gate_parser.add_argument("--budget", type=float, default=600.0, help="the new method's --budget (default: 600)")
+    gate_parser.add_argument("--seed", type=int, default=0)
+    gate_parser.add_argument("--progress", action="store_true")
+    gate_parser.add_argument("--json", help="also write every pooled compare here")
+    gate_parser.add_argument("--load-json", help="judge the pools in this --json file instead of measuring")
     args = parser.parse_args(argv)
-    if args.what == "synthetic":
+    if args.what == "gate":
+        print(gate(args))
+    elif args.what == "synthetic":
         if args.load:
             raw = json.loads(Path(args.load).read_text())
         else:

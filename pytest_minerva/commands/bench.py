@@ -78,7 +78,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     bench.set_defaults(func=cmd_bench)
 
 
-def _split(values: Sequence[str] | None) -> list[str]:
+def split_values(values: Sequence[str] | None) -> list[str]:
+    """Repeated, comma-separated option values as one list (``--backend a,b --backend c``)."""
     return [part.strip() for value in values or [] for part in value.split(",") if part.strip()]
 
 
@@ -100,7 +101,7 @@ def _session(args: argparse.Namespace) -> Any:
     return build_session(Settings.from_args(args))
 
 
-def _why_not(session: Any, case: Any) -> dict[str, Any] | None:
+def why_not_runnable(session: Any, case: Any) -> dict[str, Any] | None:
     """The backends entry of a case that cannot run here (device, library, model file), or None."""
     reason = session.check_runnable(case)
     if reason:
@@ -114,7 +115,7 @@ def _why_not(session: Any, case: Any) -> dict[str, Any] | None:
     return None
 
 
-def _model_context(session: Any, model: Any, cases: Sequence[Any]) -> int | None:
+def context_of_model(session: Any, model: Any, cases: Sequence[Any]) -> int | None:
     """The model's context length: from the catalog, else from the first of its files found here."""
     if model.context_length:
         return int(model.context_length)
@@ -290,7 +291,7 @@ def cmd_bench(args: argparse.Namespace, out: TextIO | None = None) -> int:
     from pytest_minerva.timing.roofline import probe_bandwidth
 
     out = out if out is not None else sys.stdout
-    args.backend = _split(args.backend)
+    args.backend = split_values(args.backend)
     session = _session(args)
     model = session.models[0]
     cases = session.cases(formats=args.format or None)
@@ -298,7 +299,7 @@ def cmd_bench(args: argparse.Namespace, out: TextIO | None = None) -> int:
         raise MinervaError(
             f"no backend in [{', '.join(b.name for b in session.backends)}] loads a format of {model.name}"
         )
-    model_context = _model_context(session, model, cases)
+    model_context = context_of_model(session, model, cases)
     chosen = [scenarios.get(name) for name in dict.fromkeys(args.scenario or scenarios.SCENARIOS)]
     if args.sweep:
         chosen += [s for s in scenarios.sweep(model_context or 2048) if s not in chosen]
@@ -324,7 +325,7 @@ def cmd_bench(args: argparse.Namespace, out: TextIO | None = None) -> int:
     try:
         for case in cases:
             progress.set_description(case.id)
-            skipped = _why_not(session, case)
+            skipped = why_not_runnable(session, case)
             if skipped is not None:
                 backends.append(skipped)
                 progress.update(per_case)

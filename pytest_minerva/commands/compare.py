@@ -24,8 +24,12 @@ from pytest_minerva.compare import (
     compare_results_files,
     markdown,
 )
+from pytest_minerva.compare.run import FIXED_ROUNDS
+from pytest_minerva.compare.sequential import MAX_ROUNDS
+from pytest_minerva.compare.warm import RESTART_EVERY
 from pytest_minerva.errors import MinervaError
 from pytest_minerva.option_types import (
+    Amount,
     Count,
     input_directory,
     kind,
@@ -74,6 +78,16 @@ def _figure(value: str) -> str:
     return value
 
 
+@kind("cpu-list")
+def _cpus(value: str) -> str:
+    if value in ("auto", "none"):
+        return value
+    parts = [part.strip() for part in value.split(",")]
+    if not parts or not all(part.isdigit() and len(part) <= 5 for part in parts):
+        raise argparse.ArgumentTypeError(f"{value!r} is not auto, none or a comma-separated list of CPU numbers")
+    return ",".join(parts)
+
+
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
     """Register ``compare`` on the ``minerva`` command line."""
     parser = subparsers.add_parser(
@@ -112,9 +126,54 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--rounds",
         type=Count(1, 1000),
-        default=10,
+        default=None,
         metavar="N",
-        help="interleaved rounds, each running both builds once (default: 10; at least 6 at 0.95 confidence)",
+        help=f"the most interleaved rounds, each measuring both builds once (default: {MAX_ROUNDS} with "
+        f"--sequential, else {FIXED_ROUNDS}; at least 6 at 0.95 confidence)",
+    )
+    parser.add_argument(
+        "--sequential",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="look at the rounds at 8, 12, 16, 24, ... and stop once every judged figure is decided, the "
+        "error rate spent across the looks (default); --no-sequential: one look after --rounds",
+    )
+    parser.add_argument(
+        "--budget",
+        type=Amount(86_400.0, kind="seconds"),
+        default=600.0,
+        metavar="SECONDS",
+        help="stop before a round would take the whole comparison past this wall time, and judge the rounds "
+        "measured (default: 600)",
+    )
+    parser.add_argument(
+        "--method",
+        choices=("warm", "invocations"),
+        default="warm",
+        help="warm: each side loads the model once in a worker and runs many rounds (default; a side without "
+        "the worker falls back); invocations: a fresh 'minerva bench' process per side per round",
+    )
+    parser.add_argument(
+        "--restart-every",
+        type=Count(1, 1000),
+        default=RESTART_EVERY,
+        metavar="N",
+        help=f"with --method warm, restart every worker after N rounds (default: {RESTART_EVERY})",
+    )
+    parser.add_argument(
+        "--cpus",
+        type=_cpus,
+        default="auto",
+        metavar="auto|none|LIST",
+        help="with --method warm, pin both sides' workers to these CPUs (e.g. 1 or 2,3); auto (default): the "
+        "last --threads CPUs this process may use, when --threads is fewer than those",
+    )
+    parser.add_argument(
+        "--clock",
+        choices=("auto", "wall", "cpu"),
+        default="auto",
+        help="judge TTFT, TpT and total time on wall time, on the engine process's CPU time, or (auto, "
+        "default) on CPU time where time-slicing dominates the wall-time noise; both are reported",
     )
     parser.add_argument(
         "--command",

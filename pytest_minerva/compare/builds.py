@@ -49,6 +49,7 @@ else:
 print(sys.version.split()[0])
 print(pytest_minerva.__file__)
 print(entry)
+print("warm" if here("pytest_minerva.compare.worker") else "-")
 """
 
 
@@ -68,6 +69,8 @@ class Build:
     #: How this build runs the ``minerva`` command line (found by :func:`probe_build`): a module
     #: for ``-m``, or ``module:function`` to call.
     cli_module: str | None = None
+    #: Whether this build has the warm benchmark worker (:mod:`pytest_minerva.compare.worker`).
+    warm: bool = False
 
     @property
     def label(self) -> str:
@@ -215,12 +218,13 @@ def probe_build(build: Build, timeout: float) -> None:
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise MinervaError(f"{build.label} ({build.spec}): cannot start {build.python}: {exc}") from None
     lines = [line.strip() for line in done.stdout.splitlines() if line.strip()]
-    if done.returncode != 0 or len(lines) < 3:
+    if done.returncode != 0 or len(lines) < 4:
         raise MinervaError(
             f"{build.label} ({build.spec}): {build.python} cannot import pytest_minerva: {_last_line(done.stderr)}"
         )
-    build.python_version, build.package_path, entry = lines[-3:]
+    build.python_version, build.package_path, entry, warm = lines[-4:]
     build.cli_module = None if entry == "-" else entry
+    build.warm = warm == "warm"
 
 
 def check_provenance(build: Build, src: str) -> None:

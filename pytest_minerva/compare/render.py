@@ -16,6 +16,7 @@ def compare_document(
     mode: str,
     criteria: Criteria,
     comparisons: Sequence[Comparison] = (),
+    also: Sequence[Comparison] = (),
     errors: Sequence[str] = (),
     notes: Sequence[str] = (),
     base: Mapping[str, Any] | None = None,
@@ -40,6 +41,7 @@ def compare_document(
           "comparisons": [{"benchmark", "figure", "direction", "paired", "test", "n_base", "n_head",
                            "base_median", "head_median", "ratio", "ci_low", "ci_high",
                            "p_value", "slowdown", "verdict"}],
+          "also_measured": [...],                     # the other clock of each judged time, not judged
           "counts": {"slower": 0, "faster": 0, "no change": 2, "inconclusive": 1},
           "errors": ["..."],                          # what could not be measured or read
           "notes": ["..."],                           # benchmarks only one side has, and similar
@@ -67,6 +69,7 @@ def compare_document(
         "criteria": criteria.as_dict(),
         "settings": dict(settings or {}),
         "comparisons": [c.as_dict() for c in comparisons],
+        "also_measured": [c.as_dict() for c in also],
         "counts": verdict_counts(comparisons),
         "errors": list(errors),
         "notes": list(notes),
@@ -110,11 +113,26 @@ def markdown(document: Mapping[str, Any]) -> str:
             "p from the Mann-Whitney U test."
         )
     else:
+        looks = settings.get("looks") or []
+        if looks:
+            confidence = round(looks[-1]["confidence"] * 100, 3)
+            alpha = f"{looks[-1]['alpha']:.2g}"
+        how = (
+            "each side's model loaded once in a warm worker, restarted every "
+            f"{settings.get('restart_every')} rounds, {settings.get('runs_per_round')} timed runs per round"
+            if settings.get("method") == "warm"
+            else "each round running BASE and HEAD in fresh processes"
+        )
+        spent = (
+            f"; looks at growing round counts, look j at confidence 1 - {1 - criteria['confidence']:.2g}/2^j "
+            f"(the looks hold jointly at {criteria['confidence'] * 100:g}%), stopping once decided"
+            if settings.get("sequential")
+            else ""
+        )
         method = (
-            f"{settings.get('rounds')} rounds, each running BASE and HEAD once back to back in ABBA blocks "
-            f"(seed {criteria['seed']}); ratio = {statistic} of the per-round HEAD/BASE ratios; "
-            f"{confidence:g}% bootstrap interval ({criteria['resamples']} resamples); p from Wilcoxon's "
-            "signed-rank test on the log ratios."
+            f"{settings.get('rounds')} rounds in ABBA blocks (seed {criteria['seed']}), {how}{spent}; "
+            f"ratio = {statistic} of the per-round HEAD/BASE ratios; {confidence:g}% bootstrap interval "
+            f"({criteria['resamples']}+ resamples); p from Wilcoxon's signed-rank test on the log ratios."
         )
     lines.append(
         f"{method} Verdict: slower/faster when the interval lies beyond {threshold} and p < {alpha}; "
@@ -135,10 +153,11 @@ def markdown(document: Mapping[str, Any]) -> str:
             f"| Benchmark | Figure | BASE median | HEAD median | HEAD/BASE | {confidence:g}% CI | p | Verdict |",
             "|---|---|---|---|---|---|---|---|",
         ]
-        for c in document["comparisons"]:
+        rows = [*document["comparisons"], *[{**c, "verdict": "not judged"} for c in document.get("also_measured", [])]]
+        for c in rows:
             verdict = f"**{c['verdict']}**" if c["verdict"] == "slower" else cell(c["verdict"])
             lines.append(
-                f"| {cell(c['benchmark'])} | {cell(c['figure'])} "
+                f"| {cell(c['benchmark'])} | {cell(c['figure'])}{' (CPU time)' if c.get('clock') == 'cpu' else ''} "
                 f"| {number(c['base_median'])} | {number(c['head_median'])} "
                 f"| {c['ratio']:.3f} | {c['ci_low']:.3f}–{c['ci_high']:.3f} | {c['p_value']:.3g} | {verdict} |"
             )

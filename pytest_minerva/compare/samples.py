@@ -36,7 +36,8 @@ def round_figures(
 ) -> tuple[Figures, list[str], list[str]]:
     """From one ``minerva bench`` results document: each benchmark's figures, the failures, and notes.
 
-    A benchmark's figure is the median of its timed runs. Failed benchmarks and backends
+    A benchmark's figure is the median of its timed runs; a figure some run lacks (the CPU-time
+    figures of a revision that did not record them) is left out. Failed benchmarks and backends
     come back as ``"name: problem"`` lines; backends that cannot run here as notes.
     """
     measured: Figures = {}
@@ -45,7 +46,11 @@ def round_figures(
         if bench["error"] is not None:
             failed.append(f"{_bench_name(bench)}: {bench['error']}")
             continue
-        measured[_bench_name(bench)] = {f: Stats([run[f] for run in bench["runs"]]).median for f in figures}
+        measured[_bench_name(bench)] = {
+            f: Stats([run[f] for run in bench["runs"]]).median
+            for f in figures
+            if bench["runs"] and all(f in run for run in bench["runs"])
+        }
     return measured, failed, notes
 
 

@@ -38,7 +38,13 @@ class Round:
     seconds: float
 
     def as_dict(self) -> dict[str, Any]:
-        return {"round": self.index, "order": list(self.order), "base": self.base, "head": self.head}
+        return {
+            "round": self.index,
+            "order": list(self.order),
+            "seconds": self.seconds,
+            "base": self.base,
+            "head": self.head,
+        }
 
 
 def iter_rounds(

@@ -38,6 +38,9 @@ HIGHER_IS_WORSE: dict[str, bool] = {
     "throughput_tps": False,
     "prefill_tps": False,
     "decode_tps": False,
+    "ttft_cpu_ms": True,
+    "tpt_cpu_ms": True,
+    "total_cpu_ms": True,
 }
 #: The rates are exact reciprocals of these times per run, so judging them too would only repeat the verdicts.
 DEFAULT_FIGURES = ("ttft_ms", "tpt_ms", "total_ms")
@@ -115,6 +118,10 @@ class Comparison:
     ci_high: float
     p_value: float
     verdict: str
+    #: The clock of the values judged: ``wall``, or ``cpu`` when a time was judged on its CPU-time
+    #: twin (``measured`` names that figure; ``figure`` stays the time it stands for).
+    clock: str = "wall"
+    measured: str | None = None
 
     @property
     def test(self) -> str:
@@ -142,6 +149,8 @@ class Comparison:
             "p_value": self.p_value,
             "slowdown": self.slowdown,
             "verdict": self.verdict,
+            "clock": self.clock,
+            "measured": self.measured or self.figure,
         }
 
 

@@ -49,10 +49,18 @@ class WorkerProcess:
     runs (:func:`~pytest_minerva.guards.worker.worker_main` unless another protocol is spoken,
     like ``minerva bench``'s)."""
 
-    def __init__(self, env: dict[str, str], entry: str = "pytest_minerva.guards.worker:worker_main") -> None:
+    def __init__(
+        self,
+        env: dict[str, str],
+        entry: str = "pytest_minerva.guards.worker:worker_main",
+        *,
+        python: str | None = None,
+        cwd: str | None = None,
+    ) -> None:
         module, _, function = entry.partition(":")
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", f"from {module} import {function}; raise SystemExit({function}())"],
+            [python or sys.executable, "-c", f"from {module} import {function}; raise SystemExit({function}())"],
+            cwd=cwd,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

@@ -40,7 +40,10 @@ HARNESS_CLOCK = "harness clock"
 ENGINE_TIMERS = "engine timers"
 ADAPTER_REPORTED = "adapter-reported"
 COMPUTED = "computed"
-PROVENANCES = (HARNESS_CLOCK, ENGINE_TIMERS, ADAPTER_REPORTED, COMPUTED)
+#: ``time.process_time()`` of the process that runs the engine, read beside each receipt: the CPU
+#: time every thread of that process spent, which time-slicing on a busy machine does not inflate.
+HARNESS_CPU_CLOCK = "harness CPU clock"
+PROVENANCES = (HARNESS_CLOCK, HARNESS_CPU_CLOCK, ENGINE_TIMERS, ADAPTER_REPORTED, COMPUTED)
 
 #: A claim may exceed its receipt by this much: float rounding only (both are readings of one
 #: clock, and perf_counter() values near 1e5 s resolve to ~1e-11 s).
@@ -65,21 +68,31 @@ BUFFERED_ALLOWANCE_RELATIVE = 0.05
 #: The figure names whose sources :func:`provenance` gives.
 PER_TOKEN_FIGURES = ("ttft_ms", "tpt_ms", "itl_ms", "prefill_tps", "decode_tps")
 WHOLE_RUN_FIGURES = ("total_ms", "throughput_tps")
+#: The CPU-time twins of the wall-clock times: the same definitions on ``time.process_time()``.
+CPU_FIGURES = {"ttft_ms": "ttft_cpu_ms", "tpt_ms": "tpt_cpu_ms", "total_ms": "total_cpu_ms"}
 
 
-def receive(stream: Iterable[TokenEvent]) -> list[tuple[TokenEvent, float]]:
+def receive(stream: Iterable[TokenEvent], cpu: list[float] | None = None) -> list[tuple[TokenEvent, float]]:
     """Every event of ``stream`` with the ``time.perf_counter()`` at which it was received.
 
-    Nothing else runs between events but one clock read and two appends, which allocate
-    nothing the garbage collector tracks (~0.1 us per event; ``tools/measure_clock_gaps.py
-    overhead``); the pairs are built after the last event.
+    With ``cpu`` (a list), the process's ``time.process_time()`` is appended to it beside each
+    receipt. Nothing else runs between events but the clock reads and the appends, which
+    allocate nothing the garbage collector tracks (~0.1 us per event and clock;
+    ``tools/measure_clock_gaps.py overhead``); the pairs are built after the last event.
     """
     events: list[TokenEvent] = []
     times: list[float] = []
     add_event, add_time, clock = events.append, times.append, time.perf_counter
-    for event in stream:
-        add_time(clock())
-        add_event(event)
+    if cpu is None:
+        for event in stream:
+            add_time(clock())
+            add_event(event)
+    else:
+        add_cpu, cpu_clock = cpu.append, time.process_time
+        for event in stream:
+            add_time(clock())
+            add_cpu(cpu_clock())
+            add_event(event)
     return list(zip(events, times, strict=True))
 
 
@@ -175,8 +188,10 @@ __all__ = [
     "BUFFERED_ALLOWANCE_RELATIVE",
     "CLAIM_AFTER_RECEIPT_SLACK_S",
     "COMPUTED",
+    "CPU_FIGURES",
     "ENGINE_TIMERS",
     "HARNESS_CLOCK",
+    "HARNESS_CPU_CLOCK",
     "LAG_ABSOLUTE_S",
     "LAG_RELATIVE",
     "PER_TOKEN_FIGURES",

@@ -36,6 +36,16 @@ Decode tokens/s
     ``(N - 1) / (t_{N-1} - t_0)``.
 Throughput tokens/s
     ``N / E2E``.
+CPU time (``ttft_cpu_ms``, ``tpt_cpu_ms``, ``total_cpu_ms``)
+    the same three definitions on the ``time.process_time()`` of the process that runs the
+    engine, read just before the request and beside each receipt (the run's own thread's
+    ``time.thread_time()`` is recorded as ``thread_cpu_ms``). Time-slicing does not inflate
+    them: while another process holds the core, this one's CPU clock stands still. Contention
+    for caches and memory bandwidth still does. Recorded where the engine runs in the
+    process that receives its events, and only there: not for an isolated backend (its worker
+    reports receipts only) and not for one whose stream is buffered (openai_http: the server
+    computes). An engine that mostly waits (a GPU, a server) has CPU figures far below its wall
+    figures; ``minerva compare`` then judges wall time.
 Model load time
     wall time of constructing the backend (file to ready-to-generate), taken by
     :func:`~pytest_minerva.timing.load.load_backend`.
@@ -64,8 +74,10 @@ from pytest_minerva.backends.base import Backend, BufferedStream, GenerationRequ
 from pytest_minerva.errors import MinervaError
 from pytest_minerva.stats.summary import Stats
 from pytest_minerva.timing.clock import (
+    CPU_FIGURES,
     ENGINE_TIMERS,
     HARNESS_CLOCK,
+    HARNESS_CPU_CLOCK,
     ClockCheck,
     check_clock,
     provenance,
@@ -75,6 +87,8 @@ from pytest_minerva.timing.scenarios import Prompt, Scenario, build_prompt
 
 #: Per-run figures summarised with :class:`Stats`, in milliseconds or tokens per second.
 RUN_METRICS = ("ttft_ms", "tpt_ms", "total_ms", "throughput_tps", "prefill_tps", "decode_tps")
+#: CPU-time figures of runs whose engine ran in the receiving process (see the module doc).
+CPU_METRICS = tuple(CPU_FIGURES.values())
 
 
 class BenchmarkError(MinervaError):
@@ -102,6 +116,11 @@ class RunRecord:
     received_s: tuple[float, ...] = ()
     buffered: str | None = None
     backend: str = "?"
+    #: ``time.process_time()`` just before the request and beside each receipt (empty: not recorded).
+    request_cpu_s: float | None = None
+    cpu_s: tuple[float, ...] = ()
+    #: CPU time of the thread that ran the request, from the request to the last event.
+    thread_cpu_s: float | None = None
 
     @property
     def generated_tokens(self) -> int:
@@ -114,8 +133,31 @@ class RunRecord:
         return self.received_s if self.received_s and self.buffered is None else self.token_times_s
 
     def provenance(self) -> dict[str, str]:
-        """Each figure's source: ``harness clock`` or ``adapter-reported``."""
-        return provenance(received=bool(self.received_s), buffered=self.buffered)
+        """Each figure's source: ``harness clock``, ``harness CPU clock`` or ``adapter-reported``."""
+        sources = provenance(received=bool(self.received_s), buffered=self.buffered)
+        if self.has_cpu:
+            sources.update(dict.fromkeys(CPU_FIGURES.values(), HARNESS_CPU_CLOCK))
+        return sources
+
+    @property
+    def has_cpu(self) -> bool:
+        """Whether CPU times were read beside every receipt of a streamed run."""
+        return (
+            self.request_cpu_s is not None
+            and self.buffered is None
+            and len(self.cpu_s) == len(self.received_s) == self.generated_tokens >= 2
+        )
+
+    def cpu_figures(self) -> dict[str, float]:
+        """The CPU-time twins of TTFT, TpT and E2E in ms (empty when not recorded)."""
+        if not self.has_cpu or self.request_cpu_s is None:
+            return {}
+        first, last = self.cpu_s[0], self.cpu_s[-1]
+        return {
+            "ttft_cpu_ms": (first - self.request_cpu_s) * 1e3,
+            "tpt_cpu_ms": (last - first) / (self.generated_tokens - 1) * 1e3,
+            "total_cpu_ms": (last - self.request_cpu_s) * 1e3,
+        }
 
     def clock_check(self) -> ClockCheck | None:
         """The claims held against the receipts; None without receipts or for a malformed run."""
@@ -188,6 +230,7 @@ class RunRecord:
         return self.generated_tokens / self.e2e_s
 
     def figures(self) -> dict[str, float]:
+        """The :data:`RUN_METRICS`, and their CPU-time twins where recorded (:data:`CPU_METRICS`)."""
         return {
             "ttft_ms": self.ttft_s * 1e3,
             "tpt_ms": self.tpt_s * 1e3,
@@ -195,6 +238,7 @@ class RunRecord:
             "throughput_tps": self.throughput_tps,
             "prefill_tps": self.prefill_tps,
             "decode_tps": self.decode_tps,
+            **self.cpu_figures(),
         }
 
     def as_dict(self) -> dict[str, Any]:
@@ -207,6 +251,8 @@ class RunRecord:
         if self.problem() is None:
             data.update(self.figures())
             data["itl_ms"] = [x * 1e3 for x in self.itl_s]
+            if self.thread_cpu_s is not None and self.has_cpu:
+                data["thread_cpu_ms"] = self.thread_cpu_s * 1e3
         check = self.clock_check()
         data["clock_check"] = check.as_dict() if check is not None else None
         data["engine"] = self.engine
@@ -342,6 +388,8 @@ class ScenarioResult:
         }
         if self.ok:
             data["stats"] = {m: self.stats(m).as_dict() for m in RUN_METRICS}
+            if all(r.has_cpu for r in self.runs):
+                data["stats"].update({m: self.stats(m).as_dict() for m in CPU_METRICS})
             data["itl_ms"] = self.itl_ms().as_dict()
             data["engine_stats"] = {k: v.as_dict() for k, v in self.engine_stats().items()}
         if self.tokenize_s is not None:
@@ -371,11 +419,15 @@ def timed_run(backend: Backend, prompt_ids: Sequence[int], max_tokens: int, run:
     counters = _engine_counters(backend)
     buffered = backend.stream_buffering() if isinstance(backend, BufferedStream) else None
     in_worker = backend.stream_received if isinstance(backend, ReceivedStream) else None
+    cpu: list[float] | None = [] if in_worker is None and buffered is None else None
     gc.collect()
     if counters is not None:
         _reset_engine_counters(backend)
+    thread_cpu_s = time.thread_time()
+    request_cpu_s = time.process_time()
     request_s = time.perf_counter()
-    received = in_worker(request) if in_worker is not None else receive(backend.stream(request))
+    received = in_worker(request) if in_worker is not None else receive(backend.stream(request), cpu)
+    thread_cpu_s = time.thread_time() - thread_cpu_s
     engine = counters() if counters is not None else None
     return RunRecord(
         run=run,
@@ -389,6 +441,9 @@ def timed_run(backend: Backend, prompt_ids: Sequence[int], max_tokens: int, run:
         received_s=tuple(t for _, t in received),
         buffered=str(buffered) if buffered is not None else None,
         backend=backend.name,
+        request_cpu_s=request_cpu_s if cpu is not None else None,
+        cpu_s=tuple(cpu or ()),
+        thread_cpu_s=thread_cpu_s if cpu is not None else None,
     )
 
 
@@ -448,6 +503,7 @@ def run_scenario(
 
 
 __all__ = [
+    "CPU_METRICS",
     "RUN_METRICS",
     "BenchmarkError",
     "RunRecord",
