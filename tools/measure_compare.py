@@ -539,7 +539,7 @@ def new_trial(
 def old_trial(pool: Sequence[Sequence[Round]], rng: random.Random, rounds: int, fixed_s: float) -> dict[str, Any]:
     """The old method on ``rounds`` rounds drawn from the pool: wall-clock figures, one look at 95%."""
     blocks = [run[i : i + 2] for run in pool for i in range(0, len(run) - 1, 2)]
-    drawn = [r for block in rng.sample(blocks, rounds // 2) for r in block]
+    drawn = [r for block in rng.sample(blocks, min(rounds // 2, len(blocks))) for r in block]
     criteria = Criteria()
     verdicts = [
         compare_paired(
@@ -599,8 +599,8 @@ def gate_markdown(raw: dict[str, Any], rows: list[dict[str, Any]], budget: float
         f"CPU: {raw['cpu']}.",
         "",
         "| true slowdown | method | `slower` verdicts [95% Wilson] | rounds (median, max) | wall s per trial "
-        "(median, max) | judged on CPU time |",
-        "|---|---|---|---|---|---|",
+        "(median, max) | judged on CPU time | stopped: decided / budget / pool |",
+        "|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         pct = "0% (A/A: false alarms)" if row["condition"] == "0" else f"{float(row['condition']) * 100:g}%"
@@ -609,12 +609,17 @@ def gate_markdown(raw: dict[str, Any], rows: list[dict[str, Any]], budget: float
             rounds = [t["rounds"] for t in trials]
             secs = [t["seconds"] for t in trials]
             cpu = sum(bool(t.get("cpu")) for t in trials) if method == "new" else 0
+            stops = (
+                " / ".join(str(sum(t.get("stop") == s for t in trials)) for s in ("decided", "budget", "pool"))
+                if method == "new"
+                else "fixed 10 rounds"
+            )
             label = (
                 "old: fresh processes, wall, 10 rounds" if method == "old" else f"new: warm, sequential, {budget:g} s"
             )
             lines.append(
                 f"| {pct} | {label} | {_rate(trials)} | {statistics.median(rounds):.0f}, {max(rounds)} "
-                f"| {statistics.median(secs):.0f}, {max(secs):.0f} | {cpu}/{len(trials)} |"
+                f"| {statistics.median(secs):.0f}, {max(secs):.0f} | {cpu}/{len(trials)} | {stops} |"
             )
     lines += ["", "Per-round spread of the log ratios (scaled MAD), from the pools:", ""]
     for row in rows:
