@@ -50,8 +50,9 @@ DEFAULT_SCENARIOS = ("short", "medium", "code", "long")
 # what it uses of pytest_minerva must exist there: the option table is newer than the suite.
 DEFAULT_RUNS = options.default_for("runs", "asv") if hasattr(options, "default_for") else 8
 WARMUP = 1
-#: The per-run figures the suite tracks, named as in ``RunRecord.figures()``.
-FIGURES = ("ttft_ms", "tpt_ms", "prefill_tps", "decode_tps")
+#: The per-run figures the suite tracks, named as in ``RunRecord.figures()``. The CPU-time ones
+#: exist from the revision that records them; on older revisions they are skips.
+FIGURES = ("ttft_ms", "tpt_ms", "prefill_tps", "decode_tps", "ttft_cpu_ms", "tpt_cpu_ms")
 
 
 def env_names(variable: str, default: Sequence[str]) -> tuple[str, ...]:
@@ -140,7 +141,8 @@ def run_figures(backend: Backend, scenario: str, runs: int) -> dict[str, list[fl
     result = harness.run_scenario(backend, scenarios.get(scenario), runs=runs, warmup=WARMUP)
     if result.error:
         raise RuntimeError(f"{backend.name} {scenario}: {result.error}")
-    return {figure: [run.figures()[figure] for run in result.runs] for figure in FIGURES}
+    per_run = [run.figures() for run in result.runs]
+    return {figure: [f[figure] for f in per_run] for figure in FIGURES if all(figure in f for f in per_run)}
 
 
 def measure(model: str, backend: str, scenarios: Sequence[str], runs: int) -> dict[str, dict[str, list[float]]]:
@@ -205,6 +207,8 @@ class Measured:
 
     def samples(self, figure: str) -> dict[str, Any]:
         """``figure``'s per-run values in the form asv's runner records as samples."""
+        if figure not in self.figures:
+            raise Unavailable(f"{figure} is not recorded by this revision's harness (or by this backend)")
         marker = self.marker_dir / f"reported-{figure}-{'-'.join(self.key)}"
         try:
             marker.touch(exist_ok=False)

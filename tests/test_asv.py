@@ -32,6 +32,8 @@ SUITE_FILES = ("asv.conf.json", "benchmarks", "tools/asv_gate.sh")
 TRACKS = {
     "bench_generation.Generation.track_ttft_ms": ("track", "ms"),
     "bench_generation.Generation.track_tpot_ms": ("track", "ms"),
+    "bench_generation.Generation.track_ttft_cpu_ms": ("track", "ms"),
+    "bench_generation.Generation.track_tpot_cpu_ms": ("track", "ms"),
     "bench_generation.Generation.track_prefill_tps": ("track", "tokens/s"),
     "bench_generation.Generation.track_decode_tps": ("track", "tokens/s"),
     "bench_generation.GenerationMemory.peakmem_generate": ("peakmemory", "bytes"),
@@ -312,7 +314,7 @@ def test_the_gate_script_tells_a_regression_from_an_asv_failure(
     args = (tmp_path / "args").read_text().split()
     assert args[0] == "continuous" and args[-2:] == ["base", "head"]
     assert "--interleave-rounds" in args and "rounds=6" in args
-    assert args[args.index("--bench") + 1] == "track_(ttft|tpot)_ms|peakmem_"
+    assert args[args.index("--bench") + 1] == "track_(ttft|tpot)(_cpu)?_ms|peakmem_"
 
 
 def test_the_gate_script_rejects_extra_arguments() -> None:

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The asv regression gate: exit 1 when HEAD is slower than BASE in TTFT, TpT or peak memory.
+# The asv regression gate: exit 1 when HEAD is slower than BASE in TTFT, TpT (wall or CPU time) or peak memory.
 #
 #   tools/asv_gate.sh [BASE [HEAD]]        (default: main HEAD)
 #
@@ -40,7 +40,7 @@ fi
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 $asv continuous --interleave-rounds --attribute "rounds=${MINERVA_ASV_ROUNDS:-6}" \
-  --factor "${MINERVA_ASV_FACTOR:-1.1}" --bench 'track_(ttft|tpot)_ms|peakmem_' --show-stderr \
+  --factor "${MINERVA_ASV_FACTOR:-1.1}" --bench 'track_(ttft|tpot)(_cpu)?_ms|peakmem_' --show-stderr \
   "$base" "$head" 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 

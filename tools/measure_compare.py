@@ -324,7 +324,9 @@ def real_slowdown(args: argparse.Namespace) -> str:
 
 EXTRA_WORK_PATCH = """
 
-# measure_compare.py gate: real extra work, a fixed fraction of each decode step's CPU time.
+# measure_compare.py gate: real extra work, a fixed fraction of each decode step's CPU time, done before
+# the token is stamped (so its timestamp still agrees with the harness's receipt).
+import dataclasses as _dataclasses
 import time as _time
 
 
@@ -337,7 +339,7 @@ def _extra_work_in_each_decode(stream):
             while clock() < until:
                 pass
             last = clock()
-            yield event
+            yield _dataclasses.replace(event, time_s=_time.perf_counter())
 
     return slowed
 
@@ -444,6 +446,8 @@ def collect_gate(args: argparse.Namespace) -> dict[str, Any]:
                         )  # fmt: skip
                         run = gate_compare(clone, commits["base"], head, args, Path(scratch) / "c.json", *extra)
                         pools[method].setdefault(condition, []).append(run)
+                        if args.json:  # what was measured so far survives a later failure
+                            Path(args.json + ".partial").write_text(json.dumps({"pools": pools}))
                         if args.progress:
                             print(
                                 f"block {block + 1} {condition} {method}: {run['wall_s']:.0f} s, load "

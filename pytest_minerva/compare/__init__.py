@@ -5,9 +5,15 @@ BASE and HEAD are two git revisions of the repository holding the code under tes
 environments, or, with ``--results``, two results files that ``minerva bench --json``
 already wrote.
 
-Builds (git revisions, interpreters) are measured interleaved. Each round runs the
-benchmark command once for BASE and once for HEAD, back to back, in a fresh process
-each (a lucky memory layout of one long-lived process cannot bias a whole side).
+Builds (git revisions, interpreters) are measured interleaved. By default each side keeps
+its model loaded in a warm worker (:mod:`~pytest_minerva.compare.warm`, running the side's
+own :mod:`~pytest_minerva.compare.worker`), restarted every few rounds so that no side
+keeps one memory layout; both sides' workers are pinned to the same CPUs. With
+``--method invocations`` (and for a side that predates the worker) each round runs the
+benchmark command once for BASE and once for HEAD, in a fresh process each. Rounds go on
+until a look decides or ``--budget`` runs out (:mod:`~pytest_minerva.compare.sequential`:
+looks at 8, 12, 18, ... rounds, the error rate spent across them), and each time is judged
+on wall or CPU time, whichever the time-slicing of a busy machine inflates less.
 Rounds come in ABBA blocks: a block is BASE,HEAD then HEAD,BASE, or the mirror image,
 drawn from ``--seed``, so slow drift of the machine and any advantage of running
 second cancel out. A git revision runs from its own ``git worktree`` (in a temporary
@@ -44,7 +50,10 @@ The ``--json`` document is described by :func:`compare_document`.
 
 Modules, top to bottom: :mod:`~pytest_minerva.compare.run` (results files, or two builds
 interleaved), :mod:`~pytest_minerva.compare.builds` (git worktrees, interpreters, one
-benchmark invocation), :mod:`~pytest_minerva.compare.schedule` (ABBA rounds),
+benchmark invocation), :mod:`~pytest_minerva.compare.warm` and
+:mod:`~pytest_minerva.compare.worker` (warm workers, each side's and the driver's end),
+:mod:`~pytest_minerva.compare.sequential` (looks, error spending, the clock of each figure),
+:mod:`~pytest_minerva.compare.schedule` (ABBA rounds),
 :mod:`~pytest_minerva.compare.samples` (figures from a results document),
 :mod:`~pytest_minerva.compare.verdict` (criteria, comparisons, verdicts, exit status) and
 :mod:`~pytest_minerva.compare.render` (the JSON document and the markdown table); the

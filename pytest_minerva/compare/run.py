@@ -260,7 +260,7 @@ def compare_builds(args: argparse.Namespace, criteria: Criteria, figures: Sequen
                         figures,
                         clocks,
                         index=len(looks) + 1,
-                        alpha=look_alpha(criteria.alpha, len(looks) + 1, sequential=sequential),
+                        alpha=look_alpha(criteria.alpha, len(looks) + 1, sequential=sequential and len(points) > 1),
                     )
                     looks.append(look)
                     if look.decided and sequential:
