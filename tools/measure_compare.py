@@ -536,7 +536,7 @@ def new_trial(
             break
     assert look is not None
     verdicts = [c.verdict for c in look.comparisons]
-    on_cpu = sorted({c.figure for c in look.comparisons if "_cpu_" in c.figure})
+    on_cpu = sorted({c.figure for c in look.comparisons if c.clock == "cpu"})
     return {"slower": "slower" in verdicts, "rounds": len(done), "seconds": elapsed, "stop": stop, "cpu": on_cpu}
 
 

@@ -46,6 +46,8 @@ from pytest_minerva.errors import MinervaError
 from pytest_minerva.stats.rank import min_paired_rounds, unpaired_can_conclude
 from pytest_minerva.timing.clock import CPU_FIGURES
 
+#: What the choice of clock reads besides the judged figures (:func:`.sequential.choose_clocks`).
+CLOCK_CHOICE_FIGURES = ("total_ms", "total_cpu_ms", "runqueue_wait_ms")
 #: Rounds of a comparison without ``--sequential`` when ``--rounds`` does not say.
 FIXED_ROUNDS = 10
 
@@ -192,7 +194,9 @@ def compare_builds(args: argparse.Namespace, criteria: Criteria, figures: Sequen
     stopped = "rounds"
     method = args.method
     warm: WarmSides | None = None
-    measured_figures = tuple(dict.fromkeys([*figures, *(CPU_FIGURES[f] for f in figures if f in CPU_FIGURES)]))
+    measured_figures = tuple(
+        dict.fromkeys([*figures, *(CPU_FIGURES[f] for f in figures if f in CPU_FIGURES), *CLOCK_CHOICE_FIGURES])
+    )
     with contextlib.ExitStack() as stack:
         if repo is not None:
             assert base.commit is not None and head.commit is not None
@@ -340,7 +344,12 @@ def _choose_clocks(done: Sequence[Round], figures: Sequence[str], clock: str) ->
 def _stop_note(stopped: str, look: Look, max_rounds: int, budget: float | None) -> str:
     level = f"{(1 - look.alpha) * 100:.3g}% intervals"
     if stopped == "decided":
-        return f"stopped after {look.rounds} rounds: look {look.index} ({level}) decided every judged figure"
+        found = (
+            "confirmed a slowdown"
+            if any(c.verdict == "slower" for c in look.comparisons)
+            else "decided every judged figure"
+        )
+        return f"stopped after {look.rounds} rounds: look {look.index} ({level}) {found}"
     if stopped == "budget":
         return f"stopped after {look.rounds} rounds: the next round would overrun the budget of {budget:g} s ({level})"
     return f"ran all {max_rounds} rounds; the last look ({level}) judged them"

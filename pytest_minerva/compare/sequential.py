@@ -31,6 +31,9 @@ from pytest_minerva.compare.schedule import Round
 from pytest_minerva.compare.verdict import Comparison, Criteria, compare_paired
 from pytest_minerva.timing.clock import CPU_FIGURES
 
+#: The kernel's figure of time-slicing (see :mod:`pytest_minerva.timing.runs`).
+RUNQUEUE_WAIT = "runqueue_wait_ms"
+
 #: The first look, at least: the signed-rank test reaches the first look's level (alpha / 2: 0.025 at
 #: 0.95 confidence) from 7 rounds, and the ABBA schedule completes its blocks at even counts.
 FIRST_LOOK = 8
@@ -41,8 +44,11 @@ MAX_ROUNDS = 400
 #: Judge a time on its CPU-time twin when the wall-clock figure's per-round spread is this many
 #: times the CPU one's (time-slicing dominates the noise) ...
 CPU_SPREAD_FACTOR = 1.5
-#: ... and the engine spends at least this share of the wall time on this process's CPUs (an
-#: engine that waits on a GPU or a server has a CPU figure that does not stand for its speed).
+#: ... and the engine's thread is runnable (on a CPU, or waiting for one: the kernel's
+#: ``runqueue_wait_ms``) for at least this share of the wall time. An engine that waits on a GPU
+#: or a server is not, and its CPU time does not stand for its speed. Where the kernel gives no
+#: wait figure, the CPU time alone must be at least :data:`CPU_SHARE` of the wall time.
+RUNNABLE_SHARE = 0.8
 CPU_SHARE = 0.5
 
 
@@ -103,6 +109,7 @@ class ClockChoice:
     wall_spread: float | None = None
     cpu_spread: float | None = None
     cpu_share: float | None = None
+    runnable_share: float | None = None
 
     @property
     def reason(self) -> str:
@@ -110,6 +117,8 @@ class ClockChoice:
             return f"{self.figure}: judged on wall time (no CPU-time figure on both sides)"
         spreads = f"per-round spread {self.wall_spread * 100:.2f}% wall vs {self.cpu_spread * 100:.2f}% CPU"
         share = f"CPU {self.cpu_share * 100:.0f}% of wall" if self.cpu_share is not None else ""
+        if self.runnable_share is not None:
+            share += f", runnable {self.runnable_share * 100:.0f}%"
         if self.judged_on != self.figure:
             return f"{self.figure}: judged on CPU time ({self.judged_on}): {spreads}, {share}; time-slicing dominates"
         return f"{self.figure}: judged on wall time: {spreads}, {share}"
@@ -121,6 +130,7 @@ class ClockChoice:
             "wall_spread": self.wall_spread,
             "cpu_spread": self.cpu_spread,
             "cpu_share": self.cpu_share,
+            "runnable_share": self.runnable_share,
         }
 
 
@@ -129,7 +139,9 @@ def choose_clocks(rounds: Sequence[Round], name: str, figures: Sequence[str], cl
 
     ``clock`` is ``wall``, ``cpu`` or ``auto``. ``auto`` takes the CPU-time twin when the wall
     figure's per-round log ratios spread more than :data:`CPU_SPREAD_FACTOR` times the CPU
-    ones, and the CPU time is at least :data:`CPU_SHARE` of the wall time on BASE. ``cpu``
+    ones, and on BASE the engine's thread was runnable (on a CPU or waiting for one) for at
+    least :data:`RUNNABLE_SHARE` of the wall time (without the kernel's wait figure: its CPU
+    time at least :data:`CPU_SHARE` of it). ``cpu``
     takes the twin wherever both sides recorded it. A figure without a twin is judged as is.
     """
     choices: dict[str, ClockChoice] = {}
@@ -142,9 +154,21 @@ def choose_clocks(rounds: Sequence[Round], name: str, figures: Sequence[str], cl
             continue
         wall_spread, cpu_spread = spread(wall), spread(cpu)
         share = statistics.median(r.base[name][twin] / r.base[name][figure] for r in rounds)
-        use_cpu = clock == "cpu" or (share >= CPU_SHARE and wall_spread > CPU_SPREAD_FACTOR * cpu_spread)
-        choices[figure] = ClockChoice(figure, twin if use_cpu else figure, wall_spread, cpu_spread, share)
+        runnable = _runnable_share(rounds, name)
+        busy = runnable >= RUNNABLE_SHARE if runnable is not None else share >= CPU_SHARE
+        use_cpu = clock == "cpu" or (busy and wall_spread > CPU_SPREAD_FACTOR * cpu_spread)
+        choices[figure] = ClockChoice(figure, twin if use_cpu else figure, wall_spread, cpu_spread, share, runnable)
     return choices
+
+
+def _runnable_share(rounds: Sequence[Round], name: str) -> float | None:
+    """The median share of BASE's wall time its engine thread was on a CPU or waiting for one."""
+    try:
+        return statistics.median(
+            (r.base[name]["total_cpu_ms"] + r.base[name][RUNQUEUE_WAIT]) / r.base[name]["total_ms"] for r in rounds
+        )
+    except (KeyError, ZeroDivisionError, statistics.StatisticsError):
+        return None
 
 
 @dataclass

@@ -96,6 +96,23 @@ def receive(stream: Iterable[TokenEvent], cpu: list[float] | None = None) -> lis
     return list(zip(events, times, strict=True))
 
 
+#: Linux's scheduler statistics of the calling thread: nanoseconds on a CPU, nanoseconds runnable
+#: but waiting for one (time-slicing), and time slices.
+SCHEDSTAT = "/proc/thread-self/schedstat"
+
+
+def scheduler_times() -> tuple[float, float] | None:
+    """``(running_s, waiting_s)`` of the calling thread from the kernel's scheduler statistics:
+    time on a CPU, and time runnable but waiting for a CPU (what time-slicing adds to wall
+    time). None where the kernel does not provide them (not Linux, or no schedstat)."""
+    try:
+        with open(SCHEDSTAT, "rb") as stats:
+            running, waiting = stats.read().split()[:2]
+        return int(running) / 1e9, int(waiting) / 1e9
+    except (OSError, ValueError):
+        return None
+
+
 def receipts(stream: Iterable[TokenEvent]) -> Iterator[tuple[TokenEvent, float]]:
     """Like :func:`receive`, one event at a time: for a caller that must pass each event on as
     it comes (an isolated backend's worker sends each to the test process, so the events before
@@ -204,4 +221,5 @@ __all__ = [
     "provenance",
     "receipts",
     "receive",
+    "scheduler_times",
 ]

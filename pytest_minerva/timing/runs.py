@@ -39,7 +39,9 @@ Throughput tokens/s
 CPU time (``ttft_cpu_ms``, ``tpt_cpu_ms``, ``total_cpu_ms``)
     the same three definitions on the ``time.process_time()`` of the process that runs the
     engine, read just before the request and beside each receipt (the run's own thread's
-    ``time.thread_time()`` is recorded as ``thread_cpu_ms``). Time-slicing does not inflate
+    ``time.thread_time()`` is recorded as ``thread_cpu_ms``, and on Linux the time that thread
+    was runnable but waiting for a CPU, from the kernel's scheduler statistics, as
+    ``runqueue_wait_ms``). Time-slicing does not inflate
     them: while another process holds the core, this one's CPU clock stands still. Contention
     for caches and memory bandwidth still does. Recorded where the engine runs in the
     process that receives its events, and only there: not for an isolated backend (its worker
@@ -82,6 +84,7 @@ from pytest_minerva.timing.clock import (
     check_clock,
     provenance,
     receive,
+    scheduler_times,
 )
 from pytest_minerva.timing.scenarios import Prompt, Scenario, build_prompt
 
@@ -89,6 +92,8 @@ from pytest_minerva.timing.scenarios import Prompt, Scenario, build_prompt
 RUN_METRICS = ("ttft_ms", "tpt_ms", "total_ms", "throughput_tps", "prefill_tps", "decode_tps")
 #: CPU-time figures of runs whose engine ran in the receiving process (see the module doc).
 CPU_METRICS = tuple(CPU_FIGURES.values())
+#: The time the requesting thread was runnable but waiting for a CPU, request to last token.
+RUNQUEUE_WAIT = "runqueue_wait_ms"
 
 
 class BenchmarkError(MinervaError):
@@ -121,6 +126,8 @@ class RunRecord:
     cpu_s: tuple[float, ...] = ()
     #: CPU time of the thread that ran the request, from the request to the last event.
     thread_cpu_s: float | None = None
+    #: How long that thread was runnable but waiting for a CPU meanwhile (Linux schedstat).
+    runqueue_wait_s: float | None = None
 
     @property
     def generated_tokens(self) -> int:
@@ -137,6 +144,8 @@ class RunRecord:
         sources = provenance(received=bool(self.received_s), buffered=self.buffered)
         if self.has_cpu:
             sources.update(dict.fromkeys(CPU_FIGURES.values(), HARNESS_CPU_CLOCK))
+            if self.runqueue_wait_s is not None:
+                sources[RUNQUEUE_WAIT] = HARNESS_CPU_CLOCK
         return sources
 
     @property
@@ -153,11 +162,14 @@ class RunRecord:
         if not self.has_cpu or self.request_cpu_s is None:
             return {}
         first, last = self.cpu_s[0], self.cpu_s[-1]
-        return {
+        figures = {
             "ttft_cpu_ms": (first - self.request_cpu_s) * 1e3,
             "tpt_cpu_ms": (last - first) / (self.generated_tokens - 1) * 1e3,
             "total_cpu_ms": (last - self.request_cpu_s) * 1e3,
         }
+        if self.runqueue_wait_s is not None:
+            figures[RUNQUEUE_WAIT] = self.runqueue_wait_s * 1e3
+        return figures
 
     def clock_check(self) -> ClockCheck | None:
         """The claims held against the receipts; None without receipts or for a malformed run."""
@@ -390,6 +402,8 @@ class ScenarioResult:
             data["stats"] = {m: self.stats(m).as_dict() for m in RUN_METRICS}
             if all(r.has_cpu for r in self.runs):
                 data["stats"].update({m: self.stats(m).as_dict() for m in CPU_METRICS})
+            if all(r.has_cpu and r.runqueue_wait_s is not None for r in self.runs):
+                data["stats"][RUNQUEUE_WAIT] = self.stats(RUNQUEUE_WAIT).as_dict()
             data["itl_ms"] = self.itl_ms().as_dict()
             data["engine_stats"] = {k: v.as_dict() for k, v in self.engine_stats().items()}
         if self.tokenize_s is not None:
@@ -423,11 +437,13 @@ def timed_run(backend: Backend, prompt_ids: Sequence[int], max_tokens: int, run:
     gc.collect()
     if counters is not None:
         _reset_engine_counters(backend)
+    scheduled = scheduler_times() if cpu is not None else None
     thread_cpu_s = time.thread_time()
     request_cpu_s = time.process_time()
     request_s = time.perf_counter()
     received = in_worker(request) if in_worker is not None else receive(backend.stream(request), cpu)
     thread_cpu_s = time.thread_time() - thread_cpu_s
+    rescheduled = scheduler_times() if scheduled is not None else None
     engine = counters() if counters is not None else None
     return RunRecord(
         run=run,
@@ -444,6 +460,7 @@ def timed_run(backend: Backend, prompt_ids: Sequence[int], max_tokens: int, run:
         request_cpu_s=request_cpu_s if cpu is not None else None,
         cpu_s=tuple(cpu or ()),
         thread_cpu_s=thread_cpu_s if cpu is not None else None,
+        runqueue_wait_s=rescheduled[1] - scheduled[1] if scheduled and rescheduled else None,
     )
 
 
@@ -504,6 +521,7 @@ def run_scenario(
 
 __all__ = [
     "CPU_METRICS",
+    "RUNQUEUE_WAIT",
     "RUN_METRICS",
     "BenchmarkError",
     "RunRecord",
