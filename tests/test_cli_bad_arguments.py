@@ -171,6 +171,7 @@ WORDS = {
     "env-var": ["", "A=B", "1X", ESCAPES],
     "url": ["", "http://[::1", "ftp://x", "http://", "http://x:99999", "not a url", "http://x\n"],
     "fraction": ["", "-1", "1", "1e30", "99999999999999999999", "nan", "abc"],
+    "cpu-list": ["", "-1", "1,,x", "abc", "999999", ESCAPES],
     "choice": ["", "bogus"],
 }
 #: Bad paths of each path kind, by :meth:`Hostile.path` name.

@@ -284,13 +284,21 @@ def real(args: argparse.Namespace) -> str:
 
 SLOWDOWN_PATCH = """
 
+import dataclasses as _dataclasses
+
+
 def _busy_wait_after_each_token(stream):
+    # The wait is part of producing the token: the event is stamped after it, so the adapter's
+    # timestamps still agree with the harness's receipts (a wait after the stamp is a lie it catches).
     def slowed(self, request):
-        for event in stream(self, request):
+        for index, event in enumerate(stream(self, request)):
+            if not index:  # the first token (TTFT) is left alone
+                yield event
+                continue
             until = time.perf_counter() + {delay_s!r}
             while time.perf_counter() < until:
                 pass
-            yield event
+            yield _dataclasses.replace(event, time_s=time.perf_counter())
 
     return slowed
 
