@@ -444,7 +444,7 @@ def collect_gate(args: argparse.Namespace) -> dict[str, Any]:
             for block in range(args.blocks):
                 for condition in conditions:
                     head = commits["base"] if condition == "0" else commits[condition]
-                    for method in ("new", "old"):
+                    for method in args.methods.split(","):
                         rounds = args.new_rounds if method == "new" else args.old_rounds
                         extra = (
                             ["--no-sequential", "--rounds", str(rounds), "--runs", "1", "--seed", str(block)]
@@ -569,16 +569,17 @@ def evaluate_gate(raw: dict[str, Any], trials_new: int, trials_old: int, budget:
     criteria = Criteria()
     for condition in raw["pools"]["new"]:
         new_runs = raw["pools"]["new"][condition]
-        old_runs = raw["pools"]["old"][condition]
+        old_runs = raw["pools"].get("old", {}).get(condition, [])
         new_fixed, _ = _overheads(new_runs)
-        old_fixed, _ = _overheads(old_runs)
         new_pool = [_rounds_of(run) for run in new_runs]
         old_pool = [_rounds_of(run) for run in old_runs]
         new = [new_trial(new_pool, rng, budget, new_fixed, criteria) for _ in range(trials_new)]
-        old = [old_trial(old_pool, rng, 10, old_fixed) for _ in range(trials_old)]
+        old = [old_trial(old_pool, rng, 10, _overheads(old_runs)[0]) for _ in range(trials_old)] if old_runs else []
         spreads = {}
         for key, pool in (("new", new_pool), ("old", old_pool)):
             everything = [r for run in pool for r in run]
+            if not everything:
+                continue
             name = next(iter(everything[0].base))
             for figure in ("tpt_ms", "tpt_cpu_ms", "ttft_ms", "ttft_cpu_ms"):
                 logs = [math.log(r.head[name][figure] / r.base[name][figure]) for r in everything
@@ -618,6 +619,8 @@ def gate_markdown(raw: dict[str, Any], rows: list[dict[str, Any]], budget: float
         pct = "0% (A/A: false alarms)" if row["condition"] == "0" else f"{float(row['condition']) * 100:g}%"
         for method in ("old", "new"):
             trials = row[method]
+            if not trials:
+                continue
             rounds = [t["rounds"] for t in trials]
             secs = [t["seconds"] for t in trials]
             cpu = sum(bool(t.get("cpu")) for t in trials) if method == "new" else 0
@@ -690,6 +693,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     gate_parser.add_argument("--load", type=int, default=0, help="background load processes (default: 0, quiet)")
     gate_parser.add_argument("--load-kind", choices=sorted(LOAD_LOOP), default="cpu")
     gate_parser.add_argument("--fractions", default="0.05,0.10", help="extra work per decode (default: 0.05,0.10)")
+    gate_parser.add_argument("--methods", default="new,old", help="which methods to measure (default: new,old)")
     gate_parser.add_argument("--blocks", type=int, default=2, help="compares per method and condition (default: 2)")
     gate_parser.add_argument("--new-rounds", type=int, default=48, help="rounds per new-method compare (default: 48)")
     gate_parser.add_argument("--old-rounds", type=int, default=12, help="rounds per old-method compare (default: 12)")
