@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pytest_minerva.compare import DEFAULT_FIGURES, Criteria, Round, compare_paired, interleave
-from pytest_minerva.compare.sequential import choose_clocks, first_look, judge_look, look_alpha, look_points
+from pytest_minerva.compare.sequential import choose_all_clocks, first_look, judge_look, look_alpha, look_points, spread
 
 if TYPE_CHECKING:
     import numpy as np
@@ -80,10 +80,8 @@ def calibrate(a: np.ndarray, b: np.ndarray, work_ms: float) -> int:
     return max(20, round(work_ms / per_iteration / 20) * 20)
 
 
-def robust_spread(log_ratios: Sequence[float]) -> float:
-    """Median absolute deviation of log ratios, scaled to a normal standard deviation (a CV in %/100)."""
-    centre = statistics.median(log_ratios)
-    return 1.4826 * statistics.median(abs(x - centre) for x in log_ratios)
+#: Median absolute deviation of log ratios, scaled to a normal standard deviation (a CV in %/100).
+robust_spread = spread
 
 
 REDUCERS: dict[str, Callable[[list[float]], float]] = {"median": statistics.median, "min": min}
@@ -532,8 +530,7 @@ def new_trial(
         out_of_time = elapsed + per_round > budget
         if len(done) in points or out_of_time:
             if not clocks:
-                names = sorted(set.intersection(*(set(x.base) & set(x.head) for x in done)))
-                clocks = {name: choose_clocks(done, name, figures, "auto") for name in names}
+                clocks = choose_all_clocks(done, figures, "auto")
             looks += 1
             look = judge_look(done, criteria, figures, clocks, index=looks, alpha=look_alpha(criteria.alpha, looks))
             if look.decided:

@@ -34,7 +34,7 @@ from pytest_minerva.compare.sequential import (
     MAX_ROUNDS,
     ClockChoice,
     Look,
-    choose_clocks,
+    choose_all_clocks,
     first_look,
     judge_look,
     look_alpha,
@@ -257,7 +257,7 @@ def compare_builds(args: argparse.Namespace, criteria: Criteria, figures: Sequen
                 out_of_time = args.budget is not None and now - started + per_round > args.budget
                 if len(done) in points or (out_of_time and len(done) >= minimum):
                     if not clocks:
-                        clocks = _choose_clocks(done, figures, args.clock)
+                        clocks = choose_all_clocks(done, figures, args.clock)
                     look = judge_look(
                         done,
                         criteria,
@@ -334,11 +334,6 @@ def compare_builds(args: argparse.Namespace, criteria: Criteria, figures: Sequen
         rounds=done,
         elapsed_s=time.perf_counter() - started,
     )
-
-
-def _choose_clocks(done: Sequence[Round], figures: Sequence[str], clock: str) -> dict[str, dict[str, ClockChoice]]:
-    names = sorted(set.intersection(*(set(r.base) & set(r.head) for r in done)))
-    return {name: choose_clocks(done, name, figures, clock) for name in names}
 
 
 def _stop_note(stopped: str, look: Look, max_rounds: int, budget: float | None) -> str:

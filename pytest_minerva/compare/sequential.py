@@ -171,6 +171,12 @@ def _runnable_share(rounds: Sequence[Round], name: str) -> float | None:
         return None
 
 
+def choose_all_clocks(rounds: Sequence[Round], figures: Sequence[str], clock: str) -> dict[str, dict[str, ClockChoice]]:
+    """:func:`choose_clocks` for every benchmark measured on both sides in every round."""
+    names = sorted(set.intersection(*(set(r.base) & set(r.head) for r in rounds)))
+    return {name: choose_clocks(rounds, name, figures, clock) for name in names}
+
+
 @dataclass
 class Look:
     """One look at the rounds so far: the error rate spent, the comparisons judged and the rest."""
