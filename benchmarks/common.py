@@ -252,3 +252,118 @@ class LoadedScenario:
 
     def close(self) -> None:
         self.loaded.backend.close()
+
+
+# --- Numerics: the equivalence figures of each backend pair, tracked beside speed -------------
+
+#: What ``bench_numerics`` tracks per pair: the equivalence suite's figures (see
+#: :func:`pytest_minerva.equivalence.runner.measure_numerics`), each lower-is-better as asv
+#: assumes. ``top1_disagreement`` is ``1 - top1_agreement``: the share of positions whose most
+#: likely next token differs, so that a drop in agreement reads as "worse" in ``asv compare``.
+NUMERICS_FIGURES = ("kl_mean", "kl_max", "top1_disagreement", "max_dlogit")
+#: The pair kinds the numerics history covers: the equivalence suite's own.
+NUMERICS_PAIR_KINDS = ("cross-backend", "quantization")
+
+
+def pair_label(pair: Any) -> str:
+    """A pair's asv parameter: both sides' format and backend, e.g.
+    ``safetensors-transformers vs gguf-llama_cpp`` (the model and device are parameters of their own)."""
+    ref, cand = pair.reference, pair.candidate
+    return f"{ref.format_id}-{ref.backend.name} vs {cand.format_id}-{cand.backend.name}"
+
+
+def numerics_pairs(model: str) -> list[Any]:
+    """The equivalence suite's pairs of ``model`` on :data:`DEVICE` whose candidate is one of
+    :data:`BACKENDS`; the reference side is whichever registered backend the suite makes it."""
+    session = build_session(options.Settings(models=[model], devices=[DEVICE]))
+    return [
+        pair
+        for pair in session.pairs(list(NUMERICS_PAIR_KINDS))
+        if pair.candidate.device == DEVICE and pair.candidate.backend.name in BACKENDS
+    ]
+
+
+def numerics_pair_labels() -> tuple[str, ...]:
+    """Every pair label of :data:`MODELS`, in the suite's order, for the benchmark's parameters."""
+    labels: dict[str, None] = {}
+    for model in MODELS:
+        try:
+            for pair in numerics_pairs(model):
+                labels.setdefault(pair_label(pair), None)
+        except Exception:  # an unknown model here is reported by the timed suite's setup
+            continue
+    return tuple(labels)
+
+
+def measure_pair_numerics(session: Any, pair: Any) -> dict[str, float]:
+    """Load both sides of ``pair`` (the session keeps the reference loaded for the next pair) and
+    return the tracked figures. Raises :class:`Unavailable` where a side cannot run here."""
+    from pytest_minerva.equivalence import runner
+    from pytest_minerva.errors import ArtifactMissing, BackendUnavailable
+
+    measure = getattr(runner, "measure_numerics", None)
+    if measure is None:  # asv measures older commits with this suite
+        raise Unavailable("this revision has no numerics measurement (equivalence.runner.measure_numerics)")
+    reason = session.check_runnable(pair.reference) or session.check_runnable(pair.candidate)
+    if reason:
+        raise Unavailable(reason)
+    try:
+        reference = session.backend(pair.reference)
+        candidate = session.backend(pair.candidate)
+    except (ArtifactMissing, BackendUnavailable) as exc:
+        raise Unavailable(str(exc)) from None
+    figures = measure(reference, candidate).figures()
+    return {
+        "kl_mean": figures["kl_mean"],
+        "kl_max": figures["kl_max"],
+        "top1_disagreement": 1.0 - figures["top1_agreement"],
+        "max_dlogit": figures["max_dlogit"],
+    }
+
+
+def measure_numerics_all() -> dict[str, Any]:
+    """Every pair of every model of the suite, measured once: what ``Numerics.setup_cache`` returns.
+
+    ``outcomes`` maps ``(model, pair label)`` to ``{"figures": {figure: value}}``, ``{"skip": reason}``
+    or ``{"error": message}``; one pair's failure does not lose the others. The figures are
+    deterministic for a given engine build and thread count, so one measurement is the value.
+    """
+    outcomes: dict[tuple[str, str], dict[str, Any]] = {}
+    for model in MODELS:
+        settings = options.Settings(models=[model], devices=[DEVICE], threads=THREADS)
+        try:
+            session = build_session(settings)
+            pairs = [
+                p
+                for p in session.pairs(list(NUMERICS_PAIR_KINDS))
+                if p.candidate.device == DEVICE and p.candidate.backend.name in BACKENDS
+            ]
+        except Exception as exc:
+            outcomes[(model, "*")] = {"error": f"{type(exc).__name__}: {exc}"}
+            continue
+        try:
+            for pair in pairs:
+                key = (model, pair_label(pair))
+                try:
+                    outcomes[key] = {"figures": measure_pair_numerics(session, pair)}
+                except Unavailable as exc:
+                    outcomes[key] = {"skip": str(exc)}
+                except Exception as exc:  # one engine's failure must not lose the other pairs
+                    outcomes[key] = {"error": f"{pair.id}: {type(exc).__name__}: {exc}"}
+        finally:
+            session.close()
+    return {"outcomes": outcomes}
+
+
+def numerics_figures(measurement: dict[str, Any], model: str, pair: str) -> dict[str, float]:
+    """One pair's figures from a :func:`measure_numerics_all` measurement; a skip or an error as asv expects."""
+    outcomes = measurement["outcomes"]
+    outcome = outcomes.get((model, pair)) or outcomes.get((model, "*"))
+    if outcome is None:
+        raise Unavailable(f"{model} has no pair {pair} on {DEVICE} with backends {', '.join(BACKENDS)}")
+    if "skip" in outcome:
+        raise Unavailable(outcome["skip"])
+    if "error" in outcome:
+        raise RuntimeError(outcome["error"])
+    figures: dict[str, float] = outcome["figures"]
+    return figures

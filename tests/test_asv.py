@@ -43,6 +43,12 @@ SERVING_TRACKS = {
     "bench_serving.ServingConcurrency.track_request_tpot_ms": ("track", "ms"),
     "bench_serving.ServingConcurrency.track_aggregate_tps": ("track", "tokens/s"),
 }
+NUMERICS_TRACKS = {
+    "bench_numerics.Numerics.track_kl_mean": ("track", "nats"),
+    "bench_numerics.Numerics.track_kl_max": ("track", "nats"),
+    "bench_numerics.Numerics.track_top1_disagreement": ("track", "fraction"),
+    "bench_numerics.Numerics.track_max_dlogit": ("track", "logits"),
+}
 ASV = [sys.executable, "-m", "asv"]
 
 
@@ -67,7 +73,7 @@ def test_asv_discovers_four_tracks_and_a_peakmem_over_model_backend_scenario(
 
     _, common = suite
     everything = {b.name: b for b in disc_benchmarks(str(REPO / "benchmarks"))}
-    assert {name: (b.type, b.unit) for name, b in everything.items()} == TRACKS | SERVING_TRACKS
+    assert {name: (b.type, b.unit) for name, b in everything.items()} == TRACKS | SERVING_TRACKS | NUMERICS_TRACKS
     found = {name: b for name, b in everything.items() if name in TRACKS}
     expected_params = [[repr(v) for v in values] for values in (common.MODELS, common.BACKENDS, common.SCENARIOS)]
     for bench in found.values():
@@ -93,6 +99,62 @@ def test_asv_discovers_the_serving_sweep_over_model_and_concurrency(suite: tuple
         assert not re.fullmatch(r"[0-9a-f]{64}", bench.version), f"{bench.name} has no explicit version"
     # One server start and one sweep serve every level and figure.
     assert len({b.setup_cache_key for b in found.values()}) == 1
+
+
+def test_asv_discovers_the_numerics_over_model_and_backend_pair(suite: tuple[ModuleType, ModuleType]) -> None:
+    from asv_runner.discovery import disc_benchmarks
+
+    _, common = suite
+    found = {b.name: b for b in disc_benchmarks(str(REPO / "benchmarks")) if b.name in NUMERICS_TRACKS}
+    assert set(found) == set(NUMERICS_TRACKS)
+    labels = common.numerics_pair_labels()
+    # The suite's own pairs: transformers on SafeTensors is the reference of every other backend.
+    assert all(label.startswith("safetensors-transformers vs ") for label in labels), labels
+    assert "safetensors-transformers vs gguf-llama_cpp" in labels
+    for bench in found.values():
+        assert bench.param_names == ["model", "pair"]
+        assert bench.params == [[repr(v) for v in common.MODELS], [repr(v) for v in labels]]
+        assert not re.fullmatch(r"[0-9a-f]{64}", bench.version), f"{bench.name} has no explicit version"
+    assert len({b.version for b in found.values()}) == len(found)
+    # One measurement of every pair serves the four figures.
+    assert len({b.setup_cache_key for b in found.values()}) == 1
+
+
+def test_a_numerics_pair_is_measured_only_for_the_chosen_backends_against_any_reference(
+    suite: tuple[ModuleType, ModuleType], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, common = suite
+    monkeypatch.setattr(common, "BACKENDS", ("llama_cpp",))
+    pairs = common.numerics_pairs("smollm2-135m")
+    assert [common.pair_label(p) for p in pairs] == ["safetensors-transformers vs gguf-llama_cpp"]
+    device = absent_device()
+    monkeypatch.setattr(common, "DEVICE", device)
+    monkeypatch.setattr(common, "MODELS", ("smollm2-135m",))
+    outcomes = common.measure_numerics_all()["outcomes"]
+    assert list(outcomes) == [("smollm2-135m", "safetensors-transformers vs gguf-llama_cpp")]
+    skip = outcomes["smollm2-135m", "safetensors-transformers vs gguf-llama_cpp"]["skip"]
+    assert device in skip, skip  # nothing was loaded: the missing device is the reason
+
+
+def test_a_numerics_skip_or_error_reaches_asv_as_such(suite: tuple[ModuleType, ModuleType]) -> None:
+    _, common = suite
+    measurement = {
+        "outcomes": {
+            ("m", "a vs b"): {"figures": {"kl_mean": 0.5}},
+            ("m", "a vs c"): {"skip": "c: library not installed"},
+            ("m", "a vs d"): {"error": "m-a-vs-d: NonFiniteLogits: prompt 'short': non-finite logits"},
+            ("n", "*"): {"error": "KeyError: unknown model"},
+        }
+    }
+    assert common.numerics_figures(measurement, "m", "a vs b") == {"kl_mean": 0.5}
+    with pytest.raises(common.Unavailable, match="^c: library not installed$"):
+        common.numerics_figures(measurement, "m", "a vs c")
+    with pytest.raises(RuntimeError, match="non-finite logits"):
+        common.numerics_figures(measurement, "m", "a vs d")
+    with pytest.raises(RuntimeError, match="unknown model"):
+        common.numerics_figures(measurement, "n", "a vs b")
+    with pytest.raises(common.Unavailable, match="^m has no pair a vs e on "):
+        common.numerics_figures(measurement, "m", "a vs e")
 
 
 def test_suite_settings_come_from_the_environment(
@@ -268,32 +330,60 @@ def test_asv_compare_calls_a_change_significant_only_when_the_samples_separate(
 
 
 FAKE_ASV = """#!/usr/bin/env bash
-# Stands in for the asv command line: prints the canned output and exits with the canned status.
+# Stands in for the asv command line: prints the canned output and exits with the canned status,
+# the numerics run's own (FAKE_ASV_NUMERICS_*) when it is asked for the numerics benchmarks.
 [ "$1" = machine ] && exit 0
-echo "$*" > "$FAKE_ASV_ARGS"
+echo "$*" >> "$FAKE_ASV_ARGS"
+case "$*" in
+  *bench_numerics*) printf '%b' "$FAKE_ASV_NUMERICS_OUTPUT"; exit "$FAKE_ASV_NUMERICS_STATUS" ;;
+esac
 printf '%b' "$FAKE_ASV_OUTPUT"
 exit "$FAKE_ASV_STATUS"
 """
+QUIET = "BENCHMARKS NOT SIGNIFICANTLY CHANGED.\n"
+WORSE = "PERFORMANCE DECREASED.\n"
 
 
 @pytest.mark.parametrize(
-    ("asv_output", "asv_status", "gate_status", "gate_says"),
+    ("asv_output", "asv_status", "numerics_output", "numerics_status", "gate_status", "gate_says"),
     [
-        ("| + | 12.0 | 140.0 | 11.67 | track_tpot_ms |\nPERFORMANCE DECREASED.\n", 1, 1, ""),
-        ("BENCHMARKS NOT SIGNIFICANTLY CHANGED.\n", 0, 0, ""),
-        ("SOME BENCHMARKS HAVE CHANGED SIGNIFICANTLY.\nPERFORMANCE INCREASED.\n", 0, 0, ""),
-        ("Unknown commit nosuch\n", 1, 3, "asv continuous failed (exit 1) before it could compare"),
+        ("| + | 12.0 | 140.0 | 11.67 | track_tpot_ms |\nPERFORMANCE DECREASED.\n", 1, QUIET, 0, 1, ""),
+        (QUIET, 0, QUIET, 0, 0, ""),
+        ("SOME BENCHMARKS HAVE CHANGED SIGNIFICANTLY.\nPERFORMANCE INCREASED.\n", 0, QUIET, 0, 0, ""),
+        ("Unknown commit nosuch\n", 1, QUIET, 0, 3, "asv continuous (timing) failed (exit 1) before it could compare"),
         (
             "[50%] ··· Setting up bench_generation:32      failed\nBENCHMARKS NOT SIGNIFICANTLY CHANGED.\n",
             0,
+            QUIET,
+            0,
             3,
-            "some benchmarks failed without HEAD newly failing them",
+            "some timing benchmarks failed without HEAD newly failing them",
         ),
+        (QUIET, 0, "| + | 0.0236 | 0.0270 | 1.14 | bench_numerics.Numerics.track_kl_max |\n" + WORSE, 1, 1, ""),
+        (QUIET, 0, "| + | 0 | 1e-06 | n/a | bench_numerics.Numerics.track_kl_mean |\n" + WORSE, 1, 1, ""),
+        (QUIET, 0, "Failure creating environment\n", 1, 3, "asv continuous (numerics) failed (exit 1)"),
+        ("| + | 12.0 | 140.0 | 11.67 | track_tpot_ms |\nPERFORMANCE DECREASED.\n", 1, "oops\n", 1, 1, ""),
     ],
-    ids=["regression", "quiet", "faster", "asv-error", "failed-on-both"],
+    ids=[
+        "regression",
+        "quiet",
+        "faster",
+        "asv-error",
+        "failed-on-both",
+        "numerics-worse",
+        "numerics-from-zero",
+        "numerics-asv-error",
+        "slower-wins-over-error",
+    ],
 )
 def test_the_gate_script_tells_a_regression_from_an_asv_failure(
-    tmp_path: Path, asv_output: str, asv_status: int, gate_status: int, gate_says: str
+    tmp_path: Path,
+    asv_output: str,
+    asv_status: int,
+    numerics_output: str,
+    numerics_status: int,
+    gate_status: int,
+    gate_says: str,
 ) -> None:
     fake = tmp_path / "asv"
     fake.write_text(FAKE_ASV)
@@ -305,16 +395,41 @@ def test_the_gate_script_tells_a_regression_from_an_asv_failure(
         "FAKE_ASV_ARGS": str(tmp_path / "args"),
         "FAKE_ASV_OUTPUT": asv_output,
         "FAKE_ASV_STATUS": str(asv_status),
+        "FAKE_ASV_NUMERICS_OUTPUT": numerics_output,
+        "FAKE_ASV_NUMERICS_STATUS": str(numerics_status),
     }
+    env.pop("MINERVA_ASV_NUMERICS", None)
     done = subprocess.run(
         [str(REPO / "tools" / "asv_gate.sh"), "base", "head"], env=env, capture_output=True, text=True, timeout=60
     )
     assert done.returncode == gate_status, done.stdout + done.stderr
     assert gate_says in done.stderr
-    args = (tmp_path / "args").read_text().split()
-    assert args[0] == "continuous" and args[-2:] == ["base", "head"]
-    assert "--interleave-rounds" in args and "rounds=6" in args
-    assert args[args.index("--bench") + 1] == "track_(ttft|tpot)(_cpu)?_ms|peakmem_"
+    timing, numerics = (line.split() for line in (tmp_path / "args").read_text().splitlines())
+    assert timing[0] == "continuous" and timing[-2:] == ["base", "head"]
+    assert "--interleave-rounds" in timing and "rounds=6" in timing
+    assert timing[timing.index("--bench") + 1] == "track_(ttft|tpot)(_cpu)?_ms|peakmem_"
+    # The deterministic numerics: one round per commit, their own factor.
+    assert numerics[0] == "continuous" and numerics[-2:] == ["base", "head"]
+    assert numerics[numerics.index("--bench") + 1] == "^bench_numerics\\."
+    assert "rounds=1" in numerics and numerics[numerics.index("--factor") + 1] == "1.05"
+
+
+def test_the_gate_script_leaves_the_numerics_out_when_asked(tmp_path: Path) -> None:
+    fake = tmp_path / "asv"
+    fake.write_text(FAKE_ASV)
+    fake.chmod(0o755)
+    env = {
+        **os.environ,
+        "HOME": str(tmp_path),
+        "ASV": str(fake),
+        "FAKE_ASV_ARGS": str(tmp_path / "args"),
+        "FAKE_ASV_OUTPUT": QUIET,
+        "FAKE_ASV_STATUS": "0",
+        "MINERVA_ASV_NUMERICS": "0",
+    }
+    done = subprocess.run([str(REPO / "tools" / "asv_gate.sh")], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert len((tmp_path / "args").read_text().splitlines()) == 1
 
 
 def test_the_gate_script_rejects_extra_arguments() -> None:

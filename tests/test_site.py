@@ -12,7 +12,8 @@ asv's pages load jQuery, flot and bootstrap from public CDNs. Nothing outside lo
 reachable here (the browser is told so), so the test serves the same libraries, fetched once
 from the npm registry, and points the page's ``<script>`` tags at them.
 
-Set ``MINERVA_SITE_SCREENSHOT=docs/asv-site.png`` to refresh the README's screenshot.
+Set ``MINERVA_SITE_SCREENSHOT=docs/asv-site.png`` and ``MINERVA_SITE_NUMERICS_SCREENSHOT=docs/asv-numerics.png``
+to refresh the README's screenshots (the TTFT graph, and the KL graph of the numerics history).
 """
 
 from __future__ import annotations
@@ -81,6 +82,9 @@ CDN_FILES = {
     ),
 }
 FIGURES = ("track_ttft_ms", "track_tpot_ms", "track_decode_tps", "track_prefill_tps")
+#: The numerics benchmarks the list must show beside speed, and the graph the test opens.
+NUMERICS = ("track_kl_mean", "track_kl_max", "track_top1_disagreement", "track_max_dlogit")
+NUMERICS_GRAPH = "bench_numerics.Numerics.track_kl_max"
 
 pytestmark = pytest.mark.slow
 
@@ -328,12 +332,10 @@ def wait_for(driver: Any, script: str, timeout: float = 30.0) -> Any:
         time.sleep(0.2)
 
 
-@pytest.fixture(scope="module")
-def visits(browser: Any, site_url: str) -> dict[str, Any]:
-    """Open the benchmark list and the TTFT graph; keep what a person would see, and the console."""
-    browser.get(site_url + "#/summarylist")
-    listed = wait_for(browser, "$('#summarylist-body tbody tr').length > 0 && $('#summarylist-body').text()")
-    browser.get(site_url + "#bench_generation.Generation.track_ttft_ms")
+def open_graph(browser: Any, site_url: str, benchmark: str) -> dict[str, Any]:
+    """Open ``benchmark``'s graph; its series (label and points), how much of the canvas is drawn,
+    the page's text and a screenshot."""
+    browser.get(site_url + "#" + benchmark)
     series = wait_for(
         browser,
         "$('#main-graph').data('plot') && $('#main-graph').data('plot').getData()"
@@ -345,13 +347,49 @@ def visits(browser: Any, site_url: str) -> dict[str, Any]:
         "for (var i = 3; i < d.length; i += 4) { if (d[i] > 0) n++; } return n;"
     )
     return {
-        "listed": listed or "",
         "series": series or [],
         "painted": painted,
         "text": browser.execute_script("return document.body.innerText"),
         "png": browser.get_screenshot_as_png(),
-        "log": browser.get_log("browser"),
     }
+
+
+@pytest.fixture(scope="module")
+def visits(browser: Any, site_url: str) -> dict[str, Any]:
+    """Open the benchmark list, the TTFT graph and the numerics (KL) graph; keep what a person would
+    see, and the console."""
+    browser.get(site_url + "#/summarylist")
+    listed = wait_for(browser, "$('#summarylist-body tbody tr').length > 0 && $('#summarylist-body').text()")
+    numerics = open_graph(browser, site_url, NUMERICS_GRAPH)
+    ttft = open_graph(browser, site_url, "bench_generation.Generation.track_ttft_ms")
+    return {"listed": listed or "", **ttft, "numerics": numerics, "log": browser.get_log("browser")}
+
+
+def plotted_by_commit(series: list[dict[str, Any]], published: Published) -> dict[str, set[float]]:
+    """The points a graph draws, by the commit each x stands for."""
+    index = json.loads((published.html / "index.json").read_text(encoding="utf-8"))
+    revision = {int(k): v for k, v in index["revision_to_hash"].items()}
+    plotted: dict[str, set[float]] = {}
+    for line in series:
+        for x, y in line["data"]:
+            if y is not None:
+                plotted.setdefault(revision[int(x)], set()).add(round(y, 6))
+    return plotted
+
+
+def recorded_values(recorded: Recorded, commit: str, key: str) -> set[float]:
+    """Every value asv recorded for benchmark ``key`` at ``commit`` (all parameter combinations)."""
+    from asv.results import Results
+
+    values: set[float] = set()
+    for path in recorded.files[commit]:
+        result = Results.load(str(path), recorded.machine)
+        try:
+            found = result.get_result_value(key, result.get_result_params(key))
+        except KeyError:
+            continue
+        values |= {round(v, 6) for v in found if v is not None and v == v}
+    return values
 
 
 def test_the_benchmark_list_shows_ttft_tpot_and_throughput(visits: dict[str, Any]) -> None:
@@ -361,30 +399,41 @@ def test_the_benchmark_list_shows_ttft_tpot_and_throughput(visits: dict[str, Any
         assert figure in listed
 
 
+def test_the_benchmark_list_shows_the_numerics_beside_speed(visits: dict[str, Any]) -> None:
+    for figure in NUMERICS:
+        assert f"Numerics.{figure}" in visits["listed"]
+
+
 def test_the_ttft_graph_plots_the_recorded_values_of_both_commits(
     visits: dict[str, Any], published: Published, recorded: Recorded
 ) -> None:
-    from asv.results import Results
-
-    index = json.loads((published.html / "index.json").read_text(encoding="utf-8"))
-    revision = {int(k): v for k, v in index["revision_to_hash"].items()}
-    plotted: dict[str, set[float]] = {}
-    for series in visits["series"]:
-        for x, y in series["data"]:
-            if y is not None:
-                plotted.setdefault(revision[int(x)], set()).add(round(y, 6))
+    plotted = plotted_by_commit(visits["series"], published)
     assert set(plotted) == set(recorded.commits)
     for commit in recorded.commits:
-        values: set[float] = set()
-        for path in recorded.files[commit]:
-            result = Results.load(str(path), recorded.machine)
-            key = "bench_generation.Generation.track_ttft_ms"
-            values |= {
-                round(v, 6) for v in result.get_result_value(key, result.get_result_params(key)) if v is not None
-            }
+        values = recorded_values(recorded, commit, "bench_generation.Generation.track_ttft_ms")
         assert plotted[commit] <= values, f"{commit[:8]}: the page plots {plotted[commit]}, asv recorded {values}"
     assert visits["painted"] > 1000  # the canvas has a drawn graph, not just an empty frame
     assert "bench_generation.Generation.track_ttft_ms" in visits["text"]
+
+
+def test_the_numerics_graph_plots_the_recorded_kl_of_both_commits(
+    visits: dict[str, Any], published: Published, recorded: Recorded
+) -> None:
+    graph = visits["numerics"]
+    plotted = plotted_by_commit(graph["series"], published)
+    assert set(plotted) == set(recorded.commits), f"the KL graph has points for {sorted(plotted)}"
+    for commit in recorded.commits:
+        values = recorded_values(recorded, commit, NUMERICS_GRAPH)
+        assert values, f"{commit[:8]}: asv recorded no {NUMERICS_GRAPH}"
+        assert plotted[commit] <= values, f"{commit[:8]}: the page plots {plotted[commit]}, asv recorded {values}"
+    # At least one pair differs from its reference (llama.cpp's Q4_1 against float32): a real, nonzero KL.
+    assert any(v > 0 for values in plotted.values() for v in values)
+    assert graph["painted"] > 1000
+    assert NUMERICS_GRAPH in graph["text"]
+    target = os.environ.get("MINERVA_SITE_NUMERICS_SCREENSHOT")
+    if target:
+        (REPO / target).parent.mkdir(parents=True, exist_ok=True)
+        (REPO / target).write_bytes(graph["png"])
 
 
 def test_the_site_raises_no_javascript_errors(visits: dict[str, Any]) -> None:

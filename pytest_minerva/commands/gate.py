@@ -18,7 +18,7 @@ import sys
 from collections.abc import Callable
 from typing import TextIO
 
-from pytest_minerva.compare.gate import DEFAULT_FACTOR, GateError, run_asv, run_compare
+from pytest_minerva.compare.gate import DEFAULT_FACTOR, DEFAULT_NUMERICS_FACTOR, GateError, run_asv, run_compare
 from pytest_minerva.compare.gate_verdict import ACK_LABEL, verdict
 from pytest_minerva.errors import printable
 from pytest_minerva.option_types import Amount, input_directory, input_file, output_file, plain_text
@@ -50,6 +50,7 @@ def cmd_gate_asv(args: argparse.Namespace) -> int:
             merge_base=not args.no_merge_base,
             machine=args.machine,
             factor=args.factor,
+            numerics_factor=args.numerics_factor,
             asv=args.asv,
             extra=args.extra,
         )
@@ -123,6 +124,14 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         default=DEFAULT_FACTOR,
         metavar="FACTOR",
         help=f"asv's change factor, above 1 (default: {DEFAULT_FACTOR})",
+    )
+    asv.add_argument(
+        "--numerics-factor",
+        type=Amount(100.0, low=1.0),
+        default=DEFAULT_NUMERICS_FACTOR,
+        metavar="FACTOR",
+        help="change factor for the numerics benchmarks (bench_numerics: a larger KL is worse; "
+        f"a figure that was exactly 0 is flagged on any change), above 1 (default: {DEFAULT_NUMERICS_FACTOR})",
     )
     asv.add_argument(
         "--asv", type=plain_text, default="asv", metavar="PATH", help="the asv command (default: asv on PATH)"

@@ -33,6 +33,12 @@ from typing import Any
 from pytest_minerva.errors import MinervaError
 
 DEFAULT_FACTOR = 1.1
+#: The change factor for numerics figures (``benchmarks/bench_numerics.py``: KL, top-1 disagreement,
+#: max |dlogit|). They are deterministic for one engine build, so any change is the code's, not
+#: noise; a figure that was exactly 0 is flagged on any change whatever the factor (asv's ratio rule).
+DEFAULT_NUMERICS_FACTOR = 1.05
+#: asv benchmark names whose figures are numerics, judged at the numerics factor rather than ``--factor``.
+NUMERICS_BENCHMARK = re.compile(r"^bench_numerics\.")
 
 #: asv's messages (asv 0.6) when it cannot create or find an environment to run in.
 NO_ENVIRONMENT = (
@@ -200,6 +206,49 @@ def classify_asv(exit_code: int, output: str, factor: float) -> tuple[str, str, 
     return "error", "tool-error", f"asv continuous exited {exit_code} without a comparison: {last}"
 
 
+def is_numerics(benchmark: str) -> bool:
+    """Whether an asv benchmark (as ``asv compare`` names it) tracks numerics rather than speed."""
+    return bool(NUMERICS_BENCHMARK.match(benchmark))
+
+
+def merge_rows(timing: Sequence[Row], numerics: Sequence[Row], numerics_factor: float) -> list[Row]:
+    """The timing benchmarks' rows of one ``asv compare`` table and the numerics benchmarks' rows
+    of another (run at ``numerics_factor``), each row noted with what judged it."""
+    rows = [row for row in timing if not is_numerics(row.benchmark)]
+    for row in numerics:
+        if is_numerics(row.benchmark):
+            row.note = f"numerics, factor {numerics_factor:g}" + (" (changed)" if row.mark == "+" else "")
+            rows.append(row)
+    return rows
+
+
+def judge_rows(rows: Sequence[Row], factor: float, numerics_factor: float) -> tuple[str, str, str]:
+    """(status, kind, reason) from the rows of a comparison that ran: a timing row marked ``+`` is
+    a slowdown, a numerics row marked ``+`` a numerics change (a larger KL or disagreement is worse),
+    a ``!`` a benchmark the head newly fails."""
+    slower = [r.benchmark for r in rows if r.mark == "+" and not is_numerics(r.benchmark)]
+    changed = [r.benchmark for r in rows if r.mark == "+" and is_numerics(r.benchmark)]
+    broken = [r.benchmark for r in rows if r.mark == "!"]
+    if slower or changed:
+        parts = []
+        if slower:
+            parts.append(
+                f"{len(slower)} benchmark(s) slower beyond factor {factor}, significant by asv's test: "
+                + ", ".join(slower)
+            )
+        if changed:
+            parts.append(
+                f"{len(changed)} numerics figure(s) worse beyond factor {numerics_factor} (or no longer 0): "
+                + ", ".join(changed)
+            )
+        return "regression", "regression" if slower else "numerics", "; ".join(parts)
+    if broken:
+        return "error", "failed-benchmark", "benchmark(s) fail on the head but not the base: " + ", ".join(broken)
+    if any(r.mark == "-" for r in rows):
+        return "ok", "improved", "some benchmarks got faster or closer to their reference; none worse"
+    return "ok", "no-regression", f"no benchmark changed beyond factor {factor} (numerics: {numerics_factor})"
+
+
 def asv_repo(config: Path) -> Path:
     """The git checkout an asv configuration benchmarks (its ``repo``, relative to the file)."""
     try:
@@ -239,13 +288,16 @@ def run_asv(
     merge_base: bool = True,
     machine: str | None = None,
     factor: float = DEFAULT_FACTOR,
+    numerics_factor: float = DEFAULT_NUMERICS_FACTOR,
     asv: str = "asv",
     extra: Sequence[str] = (),
 ) -> None:
     """Run ``asv continuous`` on merge-base(BASE, HEAD) (or BASE itself) and HEAD; write the finding to ``out``.
 
-    The finding is written whatever asv says; only an unreadable asv configuration raises
-    :class:`GateError`.
+    Timing and memory benchmarks are judged at ``factor`` (with asv's Mann-Whitney test where
+    samples exist), numerics benchmarks (:func:`is_numerics`) by a second ``asv compare`` of the
+    same results at ``numerics_factor``. The finding is written whatever asv says; only an
+    unreadable asv configuration raises :class:`GateError`.
     """
     config_path = Path(config).resolve()
     repo = asv_repo(config_path)
@@ -279,11 +331,19 @@ def run_asv(
     status, kind, reason = classify_asv(exit_code, output, factor)
     rows: list[Row] = []
     if kind in ("no-regression", "improved", "regression", "failed-benchmark"):
-        compare = [program, "compare", "--config", str(config_path), "--factor", str(factor), *machine_args]
-        done = subprocess.run([*compare, base_sha, head_sha], capture_output=True, text=True, check=False)
-        rows = parse_markdown_table(done.stdout)
-        if not rows:
-            rows = parse_markdown_table(output)
+        compare = [program, "compare", "--config", str(config_path), *machine_args]
+
+        def table(at: float) -> list[Row]:
+            done = subprocess.run(
+                [*compare, "--factor", str(at), base_sha, head_sha], capture_output=True, text=True, check=False
+            )
+            return parse_markdown_table(done.stdout)
+
+        timing = table(factor) or parse_markdown_table(output)
+        numerics = table(numerics_factor) if any(is_numerics(r.benchmark) for r in timing) else []
+        rows = merge_rows(timing, numerics, numerics_factor)
+        if rows and kind != "failed-benchmark":
+            status, kind, reason = judge_rows(rows, factor, numerics_factor)
     tail = "\n".join(ANSI.sub("", output).splitlines()[-40:])
     finding = Finding("asv continuous", status, kind, reason, exit_code, command, base_sha, head_sha, rows, tail)
     finding.repo = str(repo)

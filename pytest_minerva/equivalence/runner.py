@@ -96,3 +96,70 @@ def compare(
         candidate_generation=greedy(candidate, prompt.ids) if with_generation else None,
         topk=sorted(set(DEFAULT_TOPK) | extra_k),
     )
+
+
+#: The figures the numerics history tracks per pair (asv's ``bench_numerics``, ``minerva bench``),
+#: each the :class:`EquivalenceReport` field of that name, pooled over the prompt set.
+NUMERICS_FIGURES = ("kl_mean", "kl_max", "top1_agreement", "max_dlogit")
+
+
+class NonFiniteLogits(ValueError):
+    """A side gave NaN or infinite logits: no numerics figure describes that pair."""
+
+
+@dataclass(frozen=True)
+class PairNumerics:
+    """One pair's equivalence figures over the fixed prompts, pooled as if one long input.
+
+    ``kl_mean`` and ``top1_agreement`` are means over every compared position of every prompt
+    (each prompt weighted by its positions); ``kl_max`` and ``max_dlogit`` the largest anywhere.
+    ``per_prompt`` keeps each prompt's own four figures. Every number is a field of the
+    :class:`EquivalenceReport` that :func:`compare` (what ``test_logits_agree`` checks) returns.
+    """
+
+    positions: int
+    kl_mean: float
+    kl_max: float
+    top1_agreement: float
+    max_dlogit: float
+    per_prompt: dict[str, dict[str, float]]
+
+    @classmethod
+    def from_reports(cls, reports: dict[str, EquivalenceReport]) -> PairNumerics:
+        if not reports:
+            raise ValueError("no prompt was compared")
+        for name, report in reports.items():
+            if report.nonfinite_positions:
+                raise NonFiniteLogits(
+                    f"prompt {name!r}: non-finite logits at positions {list(report.nonfinite_positions)[:8]}"
+                    f" (reference rows {list(report.nonfinite_reference)[:8]},"
+                    f" candidate rows {list(report.nonfinite_candidate)[:8]})"
+                )
+        weights = np.array([r.positions for r in reports.values()], dtype=np.float64)
+        total = float(weights.sum())
+
+        def pooled(name: str) -> float:
+            values = np.array([getattr(r, name) for r in reports.values()], dtype=np.float64)
+            return float((values * weights).sum() / total)
+
+        return cls(
+            positions=int(total),
+            kl_mean=pooled("kl_mean"),
+            kl_max=float(max(r.kl_max for r in reports.values())),
+            top1_agreement=pooled("top1_agreement"),
+            max_dlogit=float(max(r.max_dlogit for r in reports.values())),
+            per_prompt={
+                name: {figure: float(getattr(r, figure)) for figure in NUMERICS_FIGURES} for name, r in reports.items()
+            },
+        )
+
+    def figures(self) -> dict[str, float]:
+        """The four pooled figures by name (:data:`NUMERICS_FIGURES`)."""
+        return {figure: float(getattr(self, figure)) for figure in NUMERICS_FIGURES}
+
+
+def measure_numerics(reference: Backend, candidate: Backend, names: Sequence[str] = PROMPT_SET) -> PairNumerics:
+    """Both backends' logits on the fixed prompts (:func:`prompts`, as ``reference`` tokenizes them),
+    compared by :func:`compare`, pooled into one :class:`PairNumerics`. Raises
+    :class:`NonFiniteLogits` when a side returns NaN or infinite logits."""
+    return PairNumerics.from_reports({p.name: compare(reference, candidate, p) for p in prompts(reference, names)})
