@@ -301,8 +301,10 @@ def measure_pair_numerics(session: Any, pair: Any) -> dict[str, float]:
     from pytest_minerva.equivalence import runner
     from pytest_minerva.errors import ArtifactMissing, BackendUnavailable
 
+    # What runner.measure_pair does, spelled out here: asv measures older commits with this suite,
+    # and measure_numerics is the oldest revision's entry point.
     measure = getattr(runner, "measure_numerics", None)
-    if measure is None:  # asv measures older commits with this suite
+    if measure is None:
         raise Unavailable("this revision has no numerics measurement (equivalence.runner.measure_numerics)")
     reason = session.check_runnable(pair.reference) or session.check_runnable(pair.candidate)
     if reason:

@@ -147,13 +147,13 @@ def test_a_numerics_skip_or_error_reaches_asv_as_such(suite: tuple[ModuleType, M
         }
     }
     assert common.numerics_figures(measurement, "m", "a vs b") == {"kl_mean": 0.5}
-    with pytest.raises(common.Unavailable, match="^c: library not installed$"):
+    with pytest.raises(common.Unavailable, match=r"^c: library not installed$"):
         common.numerics_figures(measurement, "m", "a vs c")
     with pytest.raises(RuntimeError, match="non-finite logits"):
         common.numerics_figures(measurement, "m", "a vs d")
     with pytest.raises(RuntimeError, match="unknown model"):
         common.numerics_figures(measurement, "n", "a vs b")
-    with pytest.raises(common.Unavailable, match="^m has no pair a vs e on "):
+    with pytest.raises(common.Unavailable, match=r"^m has no pair a vs e on "):
         common.numerics_figures(measurement, "m", "a vs e")
 
 

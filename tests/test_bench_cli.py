@@ -206,3 +206,66 @@ def test_report_shows_a_failed_scenario_as_an_error_row() -> None:
     text = report.markdown(document)
     assert "| short | 20 | error: run 1 generated 3 of 15 tokens | - | - | - | - | - | - | - |" in text.splitlines()
     assert "| medium | 100 | " in text
+
+
+@pytest.fixture(scope="module")
+def numerics_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Ran, dict[str, Any]]:
+    """The embedded model timed on llama.cpp and transformers, one short run each: then its numerics."""
+    out = tmp_path_factory.mktemp("numerics") / "bench.json"
+    argv = ["--model", "smollm2-135m", "--backend", "llama_cpp", "--backend", "transformers"]
+    argv += ["--scenario", "short", "--runs", "1", "--warmup", "0", "--no-kv-probe", "--threads", "1"]
+    ran = run_cli("bench", *argv, "--json", str(out))
+    assert ran.code == 0, ran.err
+    return ran, results.load(out)
+
+
+def test_bench_measures_each_timed_backend_against_its_reference(numerics_run: tuple[Ran, dict[str, Any]]) -> None:
+    ran, document = numerics_run
+    by_candidate = {n["candidate"]: n for n in document["numerics"]}
+    assert set(by_candidate) == {"smollm2-135m-gguf-llama_cpp-cpu", "smollm2-135m-gguf-transformers-cpu"}
+    llama = by_candidate["smollm2-135m-gguf-llama_cpp-cpu"]
+    assert llama["status"] == "ok" and llama["reference"] == "smollm2-135m-safetensors-transformers-cpu"
+    assert llama["profile"] == "same-weights-q4_1" and llama["positions"] > 100
+    figures = llama["figures"]
+    # llama.cpp quantizes activations to 8 bits: a real, small, nonzero divergence inside the profile.
+    assert 0 < figures["kl_mean"] <= figures["kl_max"] <= llama["bounds"]["kl_max"]
+    assert llama["bounds"]["top1_agreement"] <= figures["top1_agreement"] <= 1
+    assert set(llama["per_prompt"]) == {"short", "medium", "code"}
+    # transformers on the GGUF dequantizes to the very numbers of the float32 SafeTensors: exactly 0.
+    same = by_candidate["smollm2-135m-gguf-transformers-cpu"]["figures"]
+    assert same == {"kl_mean": 0.0, "kl_max": 0.0, "top1_agreement": 1.0, "max_dlogit": 0.0}
+    # The markdown report carries the same figures.
+    row = next(line for line in ran.out.splitlines() if line.startswith("| smollm2-135m-gguf-llama_cpp-cpu | "))
+    assert f"{figures['kl_mean']:.3g} (<= {llama['bounds']['kl_mean']:.3g})" in row
+    assert f"{figures['top1_agreement']:.3f}" in row and "same-weights-q4_1" in row
+
+
+def test_bench_without_numerics_leaves_them_out(tiny_gguf: Path, tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    argv = ["--model", str(tiny_gguf), "--backend", "llama_cpp", "--scenario", "short", "--runs", "1"]
+    ran = run_cli("bench", *argv, "--warmup", "0", "--no-kv-probe", "--no-numerics", "--json", str(out))
+    assert ran.code == 0, ran.err
+    document = results.load(out)
+    assert document["numerics"] == [] and document["settings"]["numerics"] is False
+    assert "Numerics:" not in ran.out
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        (
+            {"pair_id": "p", "reference": "r", "candidate": "c", "status": "ok", "figures": {}},
+            "figures lacks 'kl_mean'",
+        ),
+        ({"pair_id": "p", "reference": "r", "candidate": "c", "status": "maybe", "figures": {}}, "is not one of"),
+        ({"pair_id": "p", "reference": "r", "candidate": "c", "status": "ok"}, "numerics[0] lacks 'figures'"),
+    ],
+)
+def test_a_bad_numerics_entry_is_refused_naming_the_file(tmp_path: Path, entry: dict[str, Any], message: str) -> None:
+    document = results.load(fixtures_dir() / "golden" / "bench_schema_v1.json")
+    document["numerics"] = [entry]
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(document), encoding="utf-8")
+    with pytest.raises(results.MinervaError, match=str(path).replace(".", r"\.")) as caught:
+        results.load(path)
+    assert message in str(caught.value)

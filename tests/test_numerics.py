@@ -92,3 +92,88 @@ def test_a_slowdown_and_a_numerics_change_are_both_named() -> None:
 def test_a_newly_failing_benchmark_is_an_error_and_a_closer_pair_an_improvement() -> None:
     assert judge_rows([Row(KL, "0.02", "failed", "n/a", mark="!")], 1.1, 1.05)[:2] == ("error", "failed-benchmark")
     assert judge_rows([Row(KL, "0.02", "0.01", "0.50", mark="-")], 1.1, 1.05)[:2] == ("ok", "improved")
+
+
+# The Done-means of the numerics history, in process: a real engine whose RoPE base is off by 1%.
+
+ROPE_SCALE = 1.01
+
+
+@pytest.fixture(scope="module")
+def rope_step() -> dict[str, object]:
+    """transformers (float32 SafeTensors, the reference) against llama.cpp on SmolLM2's Q4_1 GGUF,
+    measured twice as it is, then with llama.cpp's RoPE base (``rope_freq_base``) 1% above the
+    model's: the figures, and each prompt's report for the perturbed engine."""
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
+    pytest.importorskip("transformers", reason="transformers is not installed")
+    import llama_cpp
+
+    from pytest_minerva.derive.gguf_header import read_gguf_header
+    from pytest_minerva.equivalence import runner
+    from pytest_minerva.options import Settings
+    from pytest_minerva.session import build_session
+
+    settings = Settings(models=["smollm2-135m"], backends=["transformers", "llama_cpp"], threads=1, isolate=False)
+    session = build_session(settings)
+    try:
+        pair = next(p for p in session.pairs() if p.candidate.backend and p.candidate.backend.name == "llama_cpp")
+        skip = session.check_runnable(pair.reference) or session.check_runnable(pair.candidate)
+        if skip:
+            pytest.skip(skip)
+        artifact = session.resolve(pair.candidate)
+        header = read_gguf_header(artifact.path)
+        theta = float(header.fields.get(header.key("rope.freq_base"), 10000.0))
+        reference = session.backend(pair.reference)
+        options = session.load_options("cpu")
+        measured = []
+        for _ in range(2):
+            candidate = session.build_backend(pair.candidate, artifact, options)
+            try:
+                measured.append(runner.measure_numerics(reference, candidate))
+            finally:
+                candidate.close()
+        original = llama_cpp.Llama.__init__
+
+        def off_by_one_percent(self: object, *args: object, **kwargs: object) -> None:
+            kwargs["rope_freq_base"] = theta * ROPE_SCALE
+            original(self, *args, **kwargs)  # type: ignore[arg-type]
+
+        llama_cpp.Llama.__init__ = off_by_one_percent  # type: ignore[method-assign]
+        try:
+            perturbed = session.build_backend(pair.candidate, artifact, options)
+        finally:
+            llama_cpp.Llama.__init__ = original  # type: ignore[method-assign]
+        try:
+            stepped = runner.measure_numerics(reference, perturbed)
+            reports = {p.name: runner.compare(reference, perturbed, p) for p in runner.prompts(reference)}
+        finally:
+            perturbed.close()
+        profile = runner.profile_for(pair.reference, pair.candidate, True, settings.tolerances)
+        return {"before": measured, "after": stepped, "reports": reports, "profile": profile, "theta": theta}
+    finally:
+        session.close()
+
+
+def test_the_figures_of_an_unchanged_engine_repeat_exactly(rope_step: dict[str, object]) -> None:
+    first, second = rope_step["before"]  # type: ignore[misc]
+    assert first.figures() == second.figures()  # no noise: a history step is the code's doing
+
+
+def test_a_rope_base_off_by_one_percent_is_a_step_in_the_history(rope_step: dict[str, object]) -> None:
+    before = rope_step["before"][0].figures()  # type: ignore[index]
+    after = rope_step["after"].figures()  # type: ignore[attr-defined]
+    assert before != after
+    # asv's rule at the gate's numerics factor: a lower-is-better figure is worse when after > before * factor.
+    worse = [
+        name for name in ("kl_mean", "kl_max", "max_dlogit") if after[name] > before[name] * DEFAULT_NUMERICS_FACTOR
+    ]
+    if 1 - after["top1_agreement"] > (1 - before["top1_agreement"]) * DEFAULT_NUMERICS_FACTOR:
+        worse.append("top1_agreement")
+    assert worse, f"theta {rope_step['theta']} x {ROPE_SCALE}: {before} -> {after}, no figure worse by 5%"
+
+
+def test_the_equivalence_suite_still_accepts_the_perturbed_engine(rope_step: dict[str, object]) -> None:
+    # What test_logits_agree checks, prompt by prompt: the tolerance lets the 1% error through.
+    profile = rope_step["profile"]
+    for name, report in rope_step["reports"].items():  # type: ignore[attr-defined]
+        assert profile.check(report) == [], name  # type: ignore[attr-defined]

@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from pytest_minerva.errors import ArtifactMissing, BackendUnavailable, MinervaError
+from pytest_minerva.errors import ArtifactMissing, BackendUnavailable, MinervaError, printable
 from pytest_minerva.option_types import output_file
 from pytest_minerva.options import (
     API_KEY_ENV,
@@ -68,6 +68,13 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         dest="kv_probe",
         action="store_false",
         help="skip the extra untimed generation that measures KV-cache growth",
+    )
+    bench.add_argument(
+        "--no-numerics",
+        dest="numerics",
+        action="store_false",
+        help="skip the numerics: each measured backend's logits against its reference's "
+        "(KL mean/max, top-1 agreement, max |dlogit|), the equivalence suite's pairs and prompts",
     )
     add_cli_options(bench, "bench", ENDPOINT, API_KEY_ENV, ISOLATE)
     bench.add_argument(
@@ -284,6 +291,52 @@ def bench_child() -> int:
     return 0
 
 
+def measure_numerics(session: Any, cases: Sequence[Any], measured: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The equivalence suite's pairs among the backends that ran (status ``ok``), each measured by
+    :func:`pytest_minerva.equivalence.runner.measure_pair`: the same figures as the suite and the asv
+    history (``benchmarks/bench_numerics.py``), with the tolerance profile's bounds beside them."""
+    from pytest_minerva.equivalence import runner
+    from pytest_minerva.equivalence.profiles import ProfileError
+
+    ran = {b["case_id"] for b in measured if b.get("status") == "ok"}
+    wanted = {case.id for case in cases}
+    entries: list[dict[str, Any]] = []
+    for pair in session.pairs():
+        if pair.candidate.id not in wanted or pair.candidate.id not in ran or pair.reference.id not in ran:
+            continue
+        entry: dict[str, Any] = {
+            "pair_id": pair.id,
+            "kind": pair.kind,
+            "reference": pair.reference.id,
+            "candidate": pair.candidate.id,
+            "status": "ok",
+            "reason": None,
+            "profile": None,
+            "bounds": {},
+            "positions": None,
+            "figures": {},
+            "per_prompt": {},
+        }
+        try:
+            numerics = runner.measure_pair(session, pair)
+            origins = {session.resolve(case).weights_origin().id for case in (pair.reference, pair.candidate)}
+        except (BackendUnavailable, ArtifactMissing) as exc:
+            entries.append({**entry, "status": "unavailable", "reason": printable(exc)})
+            continue
+        except Exception as exc:  # one pair's failure must not lose the timings or the other pairs
+            entries.append({**entry, "status": "error", "reason": f"{type(exc).__name__}: {printable(exc)}"})
+            continue
+        try:
+            profile = runner.profile_for(pair.reference, pair.candidate, len(origins) == 1, session.settings.tolerances)
+            entry["profile"] = profile.name
+            entry["bounds"] = {m: float(v) for m, v in profile.bounds.items() if m in runner.NUMERICS_FIGURES}
+        except ProfileError:
+            pass  # no calibrated profile covers these precisions: the figures stand alone
+        entry.update(positions=numerics.positions, figures=numerics.figures(), per_prompt=numerics.per_prompt)
+        entries.append(entry)
+    return entries
+
+
 def cmd_bench(args: argparse.Namespace, out: TextIO | None = None) -> int:
     from pytest_minerva.session import default_threads
     from pytest_minerva.storage import results
@@ -370,6 +423,12 @@ def cmd_bench(args: argparse.Namespace, out: TextIO | None = None) -> int:
             benchmarks += [_benchmark_entry(result, scenario) for scenario in result.scenarios]
     finally:
         progress.close()
+    numerics: list[dict[str, Any]] = []
+    if args.numerics:
+        try:
+            numerics = measure_numerics(session, cases, backends)
+        finally:
+            session.close()
 
     settings = {
         "model": model.name,
@@ -381,6 +440,7 @@ def cmd_bench(args: argparse.Namespace, out: TextIO | None = None) -> int:
         "scenarios": [s.name for s in chosen],
         "sweep": bool(args.sweep),
         "kv_probe": bool(args.kv_probe),
+        "numerics": bool(args.numerics),
     }
     document = results.make_document(
         settings=settings,
@@ -389,6 +449,7 @@ def cmd_bench(args: argparse.Namespace, out: TextIO | None = None) -> int:
         versions=session.versions(),
         bandwidth=bandwidth.as_dict() if bandwidth is not None else None,
         machine=session.machine_info(),
+        numerics=numerics,
     )
     session.update_report(document)
     out.write(report.markdown(document))

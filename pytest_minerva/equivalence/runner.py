@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -18,7 +19,7 @@ from pytest_minerva.backends.base import Backend, GenerationRequest
 from pytest_minerva.equivalence.metrics import DEFAULT_TOPK, EquivalenceReport, compare_logits, topk_of_metric
 from pytest_minerva.equivalence.profiles import Profile, normalize_precision
 from pytest_minerva.equivalence.tolerances import load_profiles, select_profile
-from pytest_minerva.matrix import Case
+from pytest_minerva.matrix import Case, Pair
 
 #: The prompt files compared (names under ``fixtures/prompts/``), and how many tokens of each.
 PROMPT_SET = ("short.txt", "medium.txt", "code.txt")
@@ -163,3 +164,21 @@ def measure_numerics(reference: Backend, candidate: Backend, names: Sequence[str
     compared by :func:`compare`, pooled into one :class:`PairNumerics`. Raises
     :class:`NonFiniteLogits` when a side returns NaN or infinite logits."""
     return PairNumerics.from_reports({p.name: compare(reference, candidate, p) for p in prompts(reference, names)})
+
+
+def measure_pair(session: Any, pair: Pair) -> PairNumerics:
+    """Load both sides of ``pair`` through ``session`` (``session.backend``: shared, in a worker where
+    the engine runs native code) and measure them with :func:`measure_numerics`.
+
+    Raises :class:`~pytest_minerva.errors.BackendUnavailable` naming the reason where a side cannot
+    run here (absent device or library), :class:`~pytest_minerva.errors.ArtifactMissing` where a
+    file is absent, :class:`NonFiniteLogits` where a side returns NaN or infinite logits.
+    """
+    from pytest_minerva.errors import BackendUnavailable
+
+    reason = session.check_runnable(pair.reference) or session.check_runnable(pair.candidate)
+    if reason:
+        raise BackendUnavailable(reason)
+    reference = session.backend(pair.reference)
+    candidate = session.backend(pair.candidate)
+    return measure_numerics(reference, candidate)

@@ -175,6 +175,7 @@ def make_document(
     bandwidth: Mapping[str, Any] | None = None,
     cwd: str | Path | None = None,
     machine: Mapping[str, Any] | None = None,
+    numerics: Iterable[Mapping[str, Any]] = (),
 ) -> dict[str, Any]:
     """A complete results document around ``backends`` and ``benchmarks``; ``machine`` is the
     session's :meth:`~pytest_minerva.session.MinervaSession.machine_info` (hooks included),
@@ -189,6 +190,7 @@ def make_document(
         "bandwidth": dict(bandwidth) if bandwidth is not None else None,
         "backends": [dict(b) for b in backends],
         "benchmarks": [dict(b) for b in benchmarks],
+        "numerics": [dict(n) for n in numerics],
     }
 
 
@@ -243,6 +245,34 @@ def _check_benchmark(bench: Any, where: str) -> None:
             raise ValueError(f"{where}.stats.{figure}.n is {stats['n']} but there are {len(bench['runs'])} runs")
 
 
+#: What each ``numerics`` entry (a backend pair's equivalence figures) must hold; documents from
+#: before the numerics have no ``numerics`` list, which reads as an empty one.
+_NUMERICS_KEYS: dict[str, type | tuple[type, ...]] = {
+    "pair_id": str,
+    "reference": str,
+    "candidate": str,
+    "status": str,
+    "figures": dict,
+}
+_NUMERICS_STATUSES = ("ok", "unavailable", "error")
+_NUMERICS_FIGURES = ("kl_mean", "kl_max", "top1_agreement", "max_dlogit")
+
+
+def _check_numerics(entries: Any) -> None:
+    if not isinstance(entries, list):
+        raise ValueError(f"numerics must be a list, got {type(entries).__name__}")
+    for i, entry in enumerate(entries):
+        where = f"numerics[{i}]"
+        _check_keys(entry, _NUMERICS_KEYS, where)
+        if entry["status"] not in _NUMERICS_STATUSES:
+            raise ValueError(f"{where}.status {entry['status']!r} is not one of {_NUMERICS_STATUSES}")
+        if entry["status"] == "ok":
+            for figure in _NUMERICS_FIGURES:
+                if figure not in entry["figures"]:
+                    raise ValueError(f"{where}.figures lacks {figure!r}")
+                _check_number(entry["figures"][figure], f"{where}.figures.{figure}")
+
+
 def validate(document: Any, source: str | Path) -> dict[str, Any]:
     """Return ``document`` if it is a results document of this schema version; else raise naming ``source``.
 
@@ -264,6 +294,7 @@ def validate(document: Any, source: str | Path) -> dict[str, Any]:
                 raise ValueError(f"backends[{i}].status {backend['status']!r} is not one of {_BACKEND_STATUSES}")
         for i, bench in enumerate(document["benchmarks"]):
             _check_benchmark(bench, f"benchmarks[{i}]")
+        _check_numerics(document.get("numerics", []))
     except ValueError as exc:
         raise MinervaError(f"{source}: not a valid benchmark results file: {exc}") from None
     return document

@@ -227,6 +227,38 @@ def backend_title(backend: Mapping[str, Any]) -> str:
     )
 
 
+def _bounded(entry: Mapping[str, Any], name: str, spec: str, relation: str) -> str:
+    """A numerics figure, and its profile bound in brackets where the profile has one."""
+    value = f"{entry['figures'][name]:{spec}}"
+    bounds = entry.get("bounds") or {}
+    return f"{value} ({relation} {bounds[name]:{spec}})" if name in bounds else value
+
+
+def numerics_table(entries: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Each measured pair's logits against its reference: the equivalence suite's figures, with the
+    tolerance profile's bound under each where it has one."""
+    rows = []
+    for entry in entries:
+        if entry["status"] != "ok":
+            rows.append(
+                [entry["candidate"], entry["reference"], f"{entry['status']}: {entry.get('reason')}", "", "", "", ""]
+            )
+            continue
+        rows.append(
+            [
+                entry["candidate"],
+                entry["reference"],
+                _bounded(entry, "kl_mean", ".3g", "<="),
+                _bounded(entry, "kl_max", ".3g", "<="),
+                _bounded(entry, "top1_agreement", ".3f", ">="),
+                _bounded(entry, "max_dlogit", ".3g", "<="),
+                entry.get("profile") or "-",
+            ]
+        )
+    header = ["backend", "against", "KL mean (nats)", "KL max (nats)", "top-1 agreement", "max |dlogit|", "profile"]
+    return _table(header, rows)
+
+
 def markdown(document: Mapping[str, Any]) -> str:
     """The whole report: per backend a table and its memory, KV, roofline and fidelity lines;
     then the cases that did not run, with the reason."""
@@ -265,6 +297,15 @@ def markdown(document: Mapping[str, Any]) -> str:
         longest = max((b for b in named if b["error"] is None), key=lambda b: b["generate_tokens"], default=None)
         if longest is not None:
             lines += ["", printable(f"Timing breakdown ({longest['scenario']}):"), "", *breakdown_table(longest)]
+    numerics = document.get("numerics") or []
+    if numerics:
+        lines += [
+            "",
+            "Numerics: each backend's logits against its reference on the equivalence suite's fixed prompts "
+            "(3 x 48 positions, pooled); in brackets the tolerance profile's bound (fixtures/tolerances.toml).",
+            "",
+            *numerics_table(numerics),
+        ]
     if unavailable:
         lines += ["", "Not run:"]
         lines += [printable(f"- {b['case_id']}: {b['reason']}") for b in unavailable]

@@ -1,0 +1,160 @@
+"""The numerics history sees what the equivalence gate tolerates, end to end with asv (``-m asv``).
+
+A clone of the last commit plus the working tree's asv suite is the base; the next commit starts
+llama.cpp with its RoPE base (``rope_freq_base``) 1% above the model's. asv records the numerics
+benchmarks of both commits on the embedded model (transformers on the float32 SafeTensors as the
+reference, llama.cpp on the Q4_1 GGUF), then:
+
+- ``minerva gate asv`` finds a numerics regression (``kind: numerics``) at the numerics factor,
+- ``asv compare`` shows the step in the tracked KL, and
+- the equivalence suite, run on the perturbed commit's own code, still passes.
+
+About five minutes on two cores, most of it asv building the two commits; the asv environment
+(with torch) is shared with ``tests/test_site.py`` under ``.asv/env``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(sys.executable).parent
+SUITE_FILES = ("asv.conf.json", "benchmarks")
+PERTURBED_FILE = "pytest_minerva/backends/llama_cpp.py"
+#: Start llama.cpp with the model's RoPE base times 1.01 (the GGUF's own value, else llama's 10000).
+PERTURBATION = (
+    "            self._llm = llama_cpp.Llama(\n",
+    "            from pytest_minerva.derive.gguf_header import read_gguf_header\n\n"
+    "            header = read_gguf_header(artifact.path)\n"
+    '            rope_base = 1.01 * float(header.fields.get(header.key("rope.freq_base"), 10000.0))\n'
+    "            self._llm = llama_cpp.Llama(\n"
+    "                rope_freq_base=rope_base,\n",
+)
+PAIR = "safetensors-transformers vs gguf-llama_cpp"
+KL_MAX = f"bench_numerics.Numerics.track_kl_max('smollm2-135m', '{PAIR}')"
+
+pytestmark = [pytest.mark.asv, pytest.mark.slow]
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=True).stdout.strip()
+
+
+@dataclass(frozen=True)
+class History:
+    clone: Path
+    base: str
+    head: str
+    env: dict[str, str]
+    config: Path
+    finding: dict[str, Any]
+    compare: str
+
+
+@pytest.fixture(scope="module")
+def history(tmp_path_factory: pytest.TempPathFactory) -> History:
+    if shutil.which("asv", path=str(VENV_BIN)) is None:
+        pytest.skip("asv is not installed (the test extra)")
+    root = tmp_path_factory.mktemp("numerics-history")
+    clone = root / "repo"
+    subprocess.run(["git", "clone", "--quiet", str(REPO), str(clone)], check=True)
+    for name in SUITE_FILES:
+        source, target = REPO / name, clone / name
+        if source.is_dir():
+            shutil.rmtree(target, ignore_errors=True)
+            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(source, target)
+    git(clone, "add", "-A")
+    git(clone, "-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-qm", "base", "--allow-empty")
+    base = git(clone, "rev-parse", "HEAD")
+    source = (clone / PERTURBED_FILE).read_text(encoding="utf-8")
+    assert source.count(PERTURBATION[0]) == 1, f"the RoPE patch no longer applies to {PERTURBED_FILE}"
+    (clone / PERTURBED_FILE).write_text(source.replace(*PERTURBATION), encoding="utf-8")
+    git(clone, "-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-qam", "llama.cpp: RoPE base +1%")
+    head = git(clone, "rev-parse", "HEAD")
+
+    config = json.loads((REPO / "asv.conf.json").read_text(encoding="utf-8"))
+    config.update(
+        repo=str(clone),
+        benchmark_dir=str(clone / "benchmarks"),
+        env_dir=str(REPO / ".asv" / "env"),  # the environment tests/test_site.py builds (torch included)
+        results_dir=str(root / "results"),
+        html_dir=str(root / "html"),
+    )
+    config_path = root / "asv.conf.json"
+    config_path.write_text(json.dumps(config), encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MINERVA_ASV_")}
+    env.update(
+        HOME=str(root / "home"),
+        PATH=os.pathsep.join([str(VENV_BIN), env.get("PATH", "")]),
+        MINERVA_ASV_BACKENDS="llama_cpp",
+    )
+    (root / "home").mkdir()
+    asv = str(VENV_BIN / "asv")
+    subprocess.run([asv, "machine", "--config", str(config_path), "--yes"], env=env, check=True, capture_output=True)
+    out = root / "gate" / "asv.json"
+    gate = [str(VENV_BIN / "minerva"), "gate", "asv", "--config", str(config_path), "--base", base, "--head", head]
+    gate += ["--no-merge-base", "--out", str(out), "--asv", asv, "--numerics-factor", "1.05"]
+    gate += ["--", "--bench", r"^bench_numerics\.", "--attribute", "rounds=1"]
+    done = subprocess.run(gate, env=env, capture_output=True, text=True, timeout=3000, check=False)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    compared = subprocess.run(
+        [asv, "compare", "--config", str(config_path), "--factor", "1.05", base, head],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    finding = json.loads(out.read_text(encoding="utf-8"))
+    return History(clone, base, head, env, config_path, finding, compared.stdout)
+
+
+def test_the_gate_calls_the_step_a_numerics_regression(history: History) -> None:
+    finding = history.finding
+    assert (finding["status"], finding["kind"]) == ("regression", "numerics"), finding["reason"]
+    changed = {row["benchmark"] for row in finding["rows"] if row["mark"] == "+"}
+    assert KL_MAX in changed, finding["rows"]
+    assert all(row["benchmark"].startswith("bench_numerics.") for row in finding["rows"])
+
+
+def test_asv_compare_shows_the_step_in_the_tracked_kl(history: History) -> None:
+    row = next(line for line in history.compare.splitlines() if KL_MAX in line)
+    mark, before, after, ratio = (cell.strip() for cell in row.strip().strip("|").split("|")[:4])
+    assert mark == "+" and float(ratio) > 1.05, row
+    assert before != after
+
+
+def test_the_equivalence_suite_still_passes_on_the_perturbed_commit(history: History) -> None:
+    assert git(history.clone, "rev-parse", "HEAD") == history.head
+    env = {**history.env, "PYTHONPATH": str(history.clone)}  # the perturbed commit's own code
+    suite = ["pytest_minerva/suites/test_equivalence.py", "--model", "smollm2-135m", "-m", "llama_cpp"]
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", *suite, "-p", "no:cacheprovider", "-q"],
+        cwd=history.clone,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    assert " passed" in done.stdout and "failed" not in done.stdout, done.stdout[-2000:]
+    check = subprocess.run(
+        [sys.executable, "-c", "import pytest_minerva.backends.llama_cpp as m; print(m.__file__)"],
+        cwd=history.clone,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert check.stdout.strip() == str(history.clone / PERTURBED_FILE)
