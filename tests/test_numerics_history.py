@@ -7,7 +7,9 @@ reference, llama.cpp on the Q4_1 GGUF), then:
 
 - ``minerva gate asv`` finds a numerics regression (``kind: numerics``) at the numerics factor,
 - ``asv compare`` shows the step in the tracked KL, and
-- the equivalence suite, run on the perturbed commit's own code, still passes.
+- the equivalence suite, run on the perturbed commit's own code, still passes, and
+- the site ``asv publish`` builds from the two commits draws the step in headless Chromium
+  (``MINERVA_SITE_NUMERICS_SCREENSHOT=docs/asv-numerics.png`` keeps its screenshot).
 
 About five minutes on two cores, most of it asv building the two commits; the asv environment
 (with torch) is shared with ``tests/test_site.py`` under ``.asv/env``.
@@ -25,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from site_browser import chromium_browser, open_graph, plotted_by_commit, served
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -32,11 +35,12 @@ SUITE_FILES = ("asv.conf.json", "benchmarks")
 PERTURBED_FILE = "pytest_minerva/backends/llama_cpp.py"
 #: Start llama.cpp with the model's RoPE base times 1.01 (the GGUF's own value, else llama's 10000).
 PERTURBATION = (
-    "            self._llm = llama_cpp.Llama(\n",
+    "            self._llm = llama_cpp.Llama(\n                str(artifact.path),\n",
     "            from pytest_minerva.derive.gguf_header import read_gguf_header\n\n"
     "            header = read_gguf_header(artifact.path)\n"
     '            rope_base = 1.01 * float(header.fields.get(header.key("rope.freq_base"), 10000.0))\n'
     "            self._llm = llama_cpp.Llama(\n"
+    "                str(artifact.path),\n"
     "                rope_freq_base=rope_base,\n",
 )
 PAIR = "safetensors-transformers vs gguf-llama_cpp"
@@ -158,3 +162,25 @@ def test_the_equivalence_suite_still_passes_on_the_perturbed_commit(history: His
         check=True,
     )
     assert check.stdout.strip() == str(history.clone / PERTURBED_FILE)
+
+
+def test_the_published_site_draws_the_step(history: History, tmp_path: Path) -> None:
+    html = Path(json.loads(history.config.read_text(encoding="utf-8"))["html_dir"])
+    subprocess.run(
+        [str(VENV_BIN / "asv"), "publish", "--config", str(history.config)],
+        env=history.env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    with served(html, tmp_path / "site") as url, chromium_browser() as browser:
+        graph = open_graph(browser, url, "bench_numerics.Numerics.track_kl_max")
+    plotted = plotted_by_commit(graph["series"], html)
+    assert set(plotted) == {history.base, history.head}, plotted
+    assert plotted[history.head] != plotted[history.base]
+    assert max(plotted[history.head]) > max(plotted[history.base]) * 1.05  # the step, up: a larger KL
+    assert graph["painted"] > 1000
+    target = os.environ.get("MINERVA_SITE_NUMERICS_SCREENSHOT")
+    if target:
+        (REPO / target).parent.mkdir(parents=True, exist_ok=True)
+        (REPO / target).write_bytes(graph["png"])
