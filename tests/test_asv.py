@@ -14,7 +14,6 @@ import json
 import math
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -25,6 +24,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+from asv_repos import clone_with_suite
 
 REPO = Path(__file__).resolve().parents[1]
 #: The files the suite consists of, copied over a clone of the last commit.
@@ -344,6 +344,23 @@ QUIET = "BENCHMARKS NOT SIGNIFICANTLY CHANGED.\n"
 WORSE = "PERFORMANCE DECREASED.\n"
 
 
+def fake_asv(tmp: Path, output: str, status: int, numerics_output: str, numerics_status: int) -> dict[str, str]:
+    """The environment that makes ``tools/asv_gate.sh`` call :data:`FAKE_ASV` with these canned answers."""
+    fake = tmp / "asv"
+    fake.write_text(FAKE_ASV)
+    fake.chmod(0o755)
+    return {
+        **os.environ,
+        "HOME": str(tmp),
+        "ASV": str(fake),
+        "FAKE_ASV_ARGS": str(tmp / "args"),
+        "FAKE_ASV_OUTPUT": output,
+        "FAKE_ASV_STATUS": str(status),
+        "FAKE_ASV_NUMERICS_OUTPUT": numerics_output,
+        "FAKE_ASV_NUMERICS_STATUS": str(numerics_status),
+    }
+
+
 @pytest.mark.parametrize(
     ("asv_output", "asv_status", "numerics_output", "numerics_status", "gate_status", "gate_says"),
     [
@@ -385,19 +402,7 @@ def test_the_gate_script_tells_a_regression_from_an_asv_failure(
     gate_status: int,
     gate_says: str,
 ) -> None:
-    fake = tmp_path / "asv"
-    fake.write_text(FAKE_ASV)
-    fake.chmod(0o755)
-    env = {
-        **os.environ,
-        "HOME": str(tmp_path),
-        "ASV": str(fake),
-        "FAKE_ASV_ARGS": str(tmp_path / "args"),
-        "FAKE_ASV_OUTPUT": asv_output,
-        "FAKE_ASV_STATUS": str(asv_status),
-        "FAKE_ASV_NUMERICS_OUTPUT": numerics_output,
-        "FAKE_ASV_NUMERICS_STATUS": str(numerics_status),
-    }
+    env = fake_asv(tmp_path, asv_output, asv_status, numerics_output, numerics_status)
     env.pop("MINERVA_ASV_NUMERICS", None)
     done = subprocess.run(
         [str(REPO / "tools" / "asv_gate.sh"), "base", "head"], env=env, capture_output=True, text=True, timeout=60
@@ -415,18 +420,7 @@ def test_the_gate_script_tells_a_regression_from_an_asv_failure(
 
 
 def test_the_gate_script_leaves_the_numerics_out_when_asked(tmp_path: Path) -> None:
-    fake = tmp_path / "asv"
-    fake.write_text(FAKE_ASV)
-    fake.chmod(0o755)
-    env = {
-        **os.environ,
-        "HOME": str(tmp_path),
-        "ASV": str(fake),
-        "FAKE_ASV_ARGS": str(tmp_path / "args"),
-        "FAKE_ASV_OUTPUT": QUIET,
-        "FAKE_ASV_STATUS": "0",
-        "MINERVA_ASV_NUMERICS": "0",
-    }
+    env = {**fake_asv(tmp_path, QUIET, 0, "", 1), "MINERVA_ASV_NUMERICS": "0"}
     done = subprocess.run([str(REPO / "tools" / "asv_gate.sh")], env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
     assert len((tmp_path / "args").read_text().splitlines()) == 1
@@ -486,15 +480,7 @@ def gate_repo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GateRepo]:
     """A clone of the last commit plus the suite: base, a no-op commit, then a KV-cache-less decode."""
     root = tmp_path_factory.mktemp("asv-gate")
     path = root / "repo"
-    subprocess.run(["git", "clone", "--quiet", str(REPO), str(path)], check=True)
-    for name in SUITE_FILES:
-        source, target = REPO / name, path / name
-        if source.is_dir():
-            shutil.rmtree(target, ignore_errors=True)
-            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, target)
+    clone_with_suite(path, SUITE_FILES)
     commits = {}
     git(path, "add", "-A")
     git(path, "commit", "--quiet", "--allow-empty", "-m", "base: the asv suite")

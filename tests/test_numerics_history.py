@@ -1,11 +1,12 @@
 """The numerics history sees what the equivalence gate tolerates, end to end with asv (``-m asv``).
 
-A clone of the last commit plus the working tree's asv suite is the base; the next commit starts
-llama.cpp with its RoPE base (``rope_freq_base``) 1% above the model's. asv records the numerics
-benchmarks of both commits on the embedded model (transformers on the float32 SafeTensors as the
-reference, llama.cpp on the Q4_1 GGUF), then:
+A clone of the last commit plus the working tree's asv suite is the base; a commit that only edits
+the README follows, then one that starts llama.cpp with its RoPE base (``rope_freq_base``) 1%
+above the model's. asv records the numerics benchmarks of the three commits on the embedded model
+(transformers on the float32 SafeTensors as the reference, llama.cpp on the Q4_1 GGUF), then:
 
-- ``minerva gate asv`` finds a numerics regression (``kind: numerics``) at the numerics factor,
+- ``minerva gate asv`` stays quiet on the README commit (the same KL to the digit), and finds a
+  numerics regression (``kind: numerics``) at the numerics factor on the RoPE commit,
 - ``asv compare`` shows the step in the tracked KL, and
 - the equivalence suite, run on the perturbed commit's own code, still passes, and
 - the site ``asv publish`` builds from the two commits draws the step in headless Chromium
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from asv_repos import clone_with_suite
 from site_browser import chromium_browser, open_graph, plotted_by_commit, served
 
 REPO = Path(__file__).resolve().parents[1]
@@ -57,9 +59,11 @@ def git(repo: Path, *args: str) -> str:
 class History:
     clone: Path
     base: str
+    noop: str
     head: str
     env: dict[str, str]
     config: Path
+    quiet: dict[str, Any]
     finding: dict[str, Any]
     compare: str
 
@@ -70,17 +74,14 @@ def history(tmp_path_factory: pytest.TempPathFactory) -> History:
         pytest.skip("asv is not installed (the test extra)")
     root = tmp_path_factory.mktemp("numerics-history")
     clone = root / "repo"
-    subprocess.run(["git", "clone", "--quiet", str(REPO), str(clone)], check=True)
-    for name in SUITE_FILES:
-        source, target = REPO / name, clone / name
-        if source.is_dir():
-            shutil.rmtree(target, ignore_errors=True)
-            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(source, target)
+    clone_with_suite(clone, SUITE_FILES)
     git(clone, "add", "-A")
     git(clone, "-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-qm", "base", "--allow-empty")
     base = git(clone, "rev-parse", "HEAD")
+    readme = clone / "README.md"
+    readme.write_text(readme.read_text(encoding="utf-8") + "\nA sentence that changes nothing.\n", encoding="utf-8")
+    git(clone, "-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-qam", "README only")
+    noop = git(clone, "rev-parse", "HEAD")
     source = (clone / PERTURBED_FILE).read_text(encoding="utf-8")
     assert source.count(PERTURBATION[0]) == 1, f"the RoPE patch no longer applies to {PERTURBED_FILE}"
     (clone / PERTURBED_FILE).write_text(source.replace(*PERTURBATION), encoding="utf-8")
@@ -106,21 +107,34 @@ def history(tmp_path_factory: pytest.TempPathFactory) -> History:
     (root / "home").mkdir()
     asv = str(VENV_BIN / "asv")
     subprocess.run([asv, "machine", "--config", str(config_path), "--yes"], env=env, check=True, capture_output=True)
-    out = root / "gate" / "asv.json"
-    gate = [str(VENV_BIN / "minerva"), "gate", "asv", "--config", str(config_path), "--base", base, "--head", head]
-    gate += ["--no-merge-base", "--out", str(out), "--asv", asv, "--numerics-factor", "1.05"]
-    gate += ["--", "--bench", r"^bench_numerics\.", "--attribute", "rounds=1"]
-    done = subprocess.run(gate, env=env, capture_output=True, text=True, timeout=3000, check=False)
-    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+
+    def gate(before: str, after: str) -> dict[str, Any]:
+        out = root / "gate" / f"{after[:8]}.json"
+        command = [str(VENV_BIN / "minerva"), "gate", "asv", "--config", str(config_path), "--base", before]
+        command += ["--head", after, "--no-merge-base", "--out", str(out), "--asv", asv, "--numerics-factor", "1.05"]
+        command += ["--", "--bench", r"^bench_numerics\.", "--attribute", "rounds=1"]
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=3000, check=False)
+        assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+        finding: dict[str, Any] = json.loads(out.read_text(encoding="utf-8"))
+        return finding
+
+    quiet = gate(base, noop)
+    finding = gate(noop, head)
     compared = subprocess.run(
-        [asv, "compare", "--config", str(config_path), "--factor", "1.05", base, head],
+        [asv, "compare", "--config", str(config_path), "--factor", "1.05", noop, head],
         env=env,
         capture_output=True,
         text=True,
         check=True,
     )
-    finding = json.loads(out.read_text(encoding="utf-8"))
-    return History(clone, base, head, env, config_path, finding, compared.stdout)
+    return History(clone, base, noop, head, env, config_path, quiet, finding, compared.stdout)
+
+
+def test_the_gate_stays_quiet_on_a_commit_that_changes_nothing(history: History) -> None:
+    quiet = history.quiet
+    assert (quiet["status"], quiet["kind"]) == ("ok", "no-regression"), quiet["reason"]
+    kl = next(row for row in quiet["rows"] if row["benchmark"] == KL_MAX)
+    assert kl["before"] == kl["after"] and kl["mark"] == ""  # deterministic: the same KL, to the digit
 
 
 def test_the_gate_calls_the_step_a_numerics_regression(history: History) -> None:
@@ -176,9 +190,9 @@ def test_the_published_site_draws_the_step(history: History, tmp_path: Path) -> 
     with served(html, tmp_path / "site") as url, chromium_browser() as browser:
         graph = open_graph(browser, url, "bench_numerics.Numerics.track_kl_max")
     plotted = plotted_by_commit(graph["series"], html)
-    assert set(plotted) == {history.base, history.head}, plotted
-    assert plotted[history.head] != plotted[history.base]
-    assert max(plotted[history.head]) > max(plotted[history.base]) * 1.05  # the step, up: a larger KL
+    assert set(plotted) == {history.base, history.noop, history.head}, plotted
+    assert plotted[history.noop] == plotted[history.base]  # flat where nothing changed
+    assert max(plotted[history.head]) > max(plotted[history.noop]) * 1.05  # then the step, up: a larger KL
     assert graph["painted"] > 1000
     target = os.environ.get("MINERVA_SITE_NUMERICS_SCREENSHOT")
     if target:

@@ -291,7 +291,7 @@ def bench_child() -> int:
     return 0
 
 
-def measure_numerics(session: Any, cases: Sequence[Any], measured: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+def pair_numerics(session: Any, cases: Sequence[Any], measured: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """The equivalence suite's pairs among the backends that ran (status ``ok``), each measured by
     :func:`pytest_minerva.equivalence.runner.measure_pair`: the same figures as the suite and the asv
     history (``benchmarks/bench_numerics.py``), with the tolerance profile's bounds beside them."""
@@ -426,7 +426,7 @@ def cmd_bench(args: argparse.Namespace, out: TextIO | None = None) -> int:
     numerics: list[dict[str, Any]] = []
     if args.numerics:
         try:
-            numerics = measure_numerics(session, cases, backends)
+            numerics = pair_numerics(session, cases, backends)
         finally:
             session.close()
 
