@@ -25,7 +25,7 @@ import pytest
 from pytest_minerva.backends import BackendRegistry, BackendSpec, builtin_registry
 from pytest_minerva.backends.base import Backend, LoadOptions
 from pytest_minerva.derive.cache import ArtifactCache, default_cache_dir
-from pytest_minerva.errors import BackendUnavailable
+from pytest_minerva.errors import BackendUnavailable, MinervaError, printable
 from pytest_minerva.guards import (
     IsolatedBackend,
     Limits,
@@ -252,6 +252,36 @@ class MinervaSession:
             found.update(spec.versions())
         return {k: v for k, v in found.items() if v}
 
+    def _identity_lines(self, model: ModelSpec) -> list[str]:
+        """Header lines on what ``model``'s files are: for a ``--model PATH`` model, the identity facts
+        its header states; for a catalog model, each file here whose bytes are not the catalog's
+        pinned ones ("unpinned", with the reason). Nothing is derived, generated or assembled for this
+        (an assembled file is checked against its pin when it is built)."""
+        from pytest_minerva import formats
+        from pytest_minerva.models.identity import describe_facts, found_facts
+
+        lines = []
+        for spec in model.artifacts:
+            if spec.derive_from or spec.generator or spec.assemble or (model.generator and not model.explicit_path):
+                continue
+            try:
+                found = self.resolver.locate(model, spec)
+                if found is None:
+                    continue
+                path, _source = found
+                if model.explicit_path is not None:
+                    facts = describe_facts(found_facts(formats.verify(path)))
+                    lines.append(f"minerva: {model.name} is {printable(path)}: {facts}")
+                    continue
+                why = self.resolver.pin_problem(path, spec)
+            except (MinervaError, OSError) as exc:
+                lines.append(f"minerva: {model.name}: {_header_problem(exc)}")
+                continue
+            if why:
+                what = f"{model.name} {spec.format}" + (f" {spec.quant}" if spec.quant else "")
+                lines.append(f"minerva: UNPINNED {what} at {printable(path)}: {why}")
+        return lines
+
     def report_header(self) -> list[str]:
         lines = [f"minerva: hardware: {self.hardware.header_line()}"]
         names = ", ".join(m.name for m in self.models) or "none"
@@ -264,11 +294,17 @@ class MinervaSession:
             devices = "/".join(self.devices_for(spec)) or "no device"
             backends.append(f"{spec.name} ({state}; {devices})")
         lines.append(f"minerva: backends: {'; '.join(backends)}")
+        for model in self.models:
+            lines.extend(self._identity_lines(model))
         if self._machine_hooks():
             info, hooked = self._machine_info()
             if hooked:
                 lines.append("minerva: machine: " + ", ".join(f"{k}={info[k]}" for k in hooked))
         return lines
+
+
+def _header_problem(exc: Exception) -> str:
+    return printable(f"{type(exc).__name__}: {exc}" if not isinstance(exc, MinervaError) else str(exc))
 
 
 def build_session(settings: Settings, hook: Any = None, *, config: pytest.Config | None = None) -> MinervaSession:
@@ -290,7 +326,11 @@ def build_session(settings: Settings, hook: Any = None, *, config: pytest.Config
     cache = ArtifactCache(settings.cache_dir or default_cache_dir())
     cache.ensure_writable()
     resolver = Resolver(
-        cache, model_dir=settings.model_dir, derive=settings.derive, hook=hook.pytest_minerva_resolve_model
+        cache,
+        model_dir=settings.model_dir,
+        derive=settings.derive,
+        hook=hook.pytest_minerva_resolve_model,
+        catalog=list(catalog),
     )
     session = MinervaSession(settings, catalog, registry, resolver, hook, config)
     session.models = select_models(catalog, settings.models or catalog.defaults())

@@ -6,6 +6,7 @@ not loopback, and one test proves that it does.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import socket
@@ -20,7 +21,7 @@ from fake_hub import FakeHub, git_blob_sha1, running_hub
 from huggingface_hub import constants as hf_constants
 
 from pytest_minerva.derive.cache import ArtifactCache
-from pytest_minerva.errors import MinervaError, UnknownModel
+from pytest_minerva.errors import FormatError, MinervaError, UnknownModel
 from pytest_minerva.models.catalog import ArtifactSpec, Catalog, ModelSpec
 from pytest_minerva.models.fetch import FetchError, fetch_artifact, fetch_model, plan_fetch
 from pytest_minerva.models.resolve import Resolver
@@ -444,3 +445,13 @@ def test_nothing_to_download_is_an_error_that_says_where_it_comes_from() -> None
         "nothing to download)"
     )
     assert out.getvalue() == ""
+
+
+def test_a_download_whose_header_is_another_model_is_refused(tmp_path: Path, hub: FakeHub, gguf_bytes: bytes) -> None:
+    """The catalog says 22 blocks; the repository's file says 1: the fetch names the fact, whatever the sha256."""
+    model = dataclasses.replace(tiny_model()[0], facts={"block_count": 22})
+    with pytest.raises(FormatError) as refused:
+        fetch_model(model, ["gguf"], None, cache_dir=tmp_path / "hf", endpoint=hub.endpoint, out=io.StringIO())
+    message = str(refused.value)
+    assert message.endswith("is not tiny-fetch's gguf F32: block_count is 1, the catalog expects 22")
+    assert GGUF_NAME in message

@@ -142,6 +142,7 @@ def cmd_models_fetch(args: argparse.Namespace) -> int:
         model,
         formats=args.format or None,
         quant=args.quant,
+        catalog=list(session.catalog),
         cache_dir=args.hf_cache,
         local_dir=args.local_dir,
         endpoint=args.endpoint,

@@ -111,6 +111,10 @@ class ModelSpec:
     seed: int | None = None
     artifacts: tuple[ArtifactSpec, ...] = ()
     explicit_path: Path | None = None
+    #: Identity facts every file of this model states in its header (``[models.NAME.facts]``):
+    #: block_count, embedding_length, head_count, head_count_kv, vocab_size
+    #: (:mod:`pytest_minerva.models.identity`); ``architecture`` and ``context_length`` are keys of their own.
+    facts: Mapping[str, int] = field(default_factory=dict)
 
     def variants(self, fmt: str) -> list[ArtifactSpec]:
         return [a for a in self.artifacts if a.format == fmt]
@@ -137,6 +141,20 @@ class ModelSpec:
 
 _ARTIFACT_KEYS = {f for f in ArtifactSpec.__dataclass_fields__}
 _MODEL_KEYS = {f for f in ModelSpec.__dataclass_fields__} - {"name", "artifacts", "explicit_path"}
+#: The facts a ``[models.NAME.facts]`` table may state.
+FACT_KEYS = ("block_count", "embedding_length", "head_count", "head_count_kv", "vocab_size")
+
+
+def _facts_from_table(table: Any, where: str) -> dict[str, int]:
+    if not isinstance(table, dict):
+        raise CatalogError(f"{where}: facts must be a table of {', '.join(FACT_KEYS)}")
+    unknown = sorted(set(table) - set(FACT_KEYS))
+    if unknown:
+        raise CatalogError(f"{where}: unknown fact(s) {unknown}; known: {', '.join(FACT_KEYS)}")
+    for key, value in table.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise CatalogError(f"{where}: fact {key} must be a whole number of 1 or more, got {value!r}")
+    return dict(table)
 
 
 def _artifact_from_table(table: Mapping[str, Any], where: str) -> ArtifactSpec:
@@ -174,6 +192,7 @@ def _model_from_table(name: str, table: Mapping[str, Any], where: str) -> ModelS
             raise CatalogError(f"{where}: model {name!r} derives {art.format} from {art.derive_from}, which it lacks")
     kwargs = {k: v for k, v in table.items() if k != "artifacts"}
     kwargs["aliases"] = tuple(check_name(a, "alias") for a in kwargs.get("aliases", ()))
+    kwargs["facts"] = _facts_from_table(kwargs.get("facts", {}), f"{where}: model {name!r}")
     return ModelSpec(name=name, artifacts=artifacts, **kwargs)
 
 

@@ -23,7 +23,7 @@ import os
 import re
 import shutil
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -152,12 +152,20 @@ def plan_fetch(model: ModelSpec, formats: Sequence[str] | None = None, quant: st
 
 
 def fetch_model(
-    catalog_model: ModelSpec, formats: list[str] | None = None, quant: str | None = None, **kw: Any
+    catalog_model: ModelSpec,
+    formats: list[str] | None = None,
+    quant: str | None = None,
+    *,
+    catalog: Iterable[ModelSpec] = (),
+    **kw: Any,
 ) -> list[Path]:
     """Download the artifacts :func:`plan_fetch` chooses; ``kw`` goes to :func:`fetch_artifact`.
 
     Each skipped artifact gets one ``skip:`` line on ``out``. When nothing can be downloaded,
-    raises :class:`FetchError` listing the reasons instead.
+    raises :class:`FetchError` listing the reasons instead. Each downloaded artifact's header is
+    then held against the catalog's identity facts (:func:`~pytest_minerva.models.identity.check_identity`;
+    ``catalog`` names the model it looks like instead): a repository that serves another model
+    under the catalog's file name is a one-line :class:`FormatError`, whatever its sha256.
     """
     plan = plan_fetch(catalog_model, formats, quant)
     if not plan.fetch:
@@ -166,7 +174,15 @@ def fetch_model(
     out: TextIO = kw.get("out") or sys.stderr
     for spec, reason in plan.skipped:
         print(f"skip: {describe(catalog_model, spec)}: {reason}", file=out)
-    return [fetch_artifact(catalog_model, spec, **kw) for spec in plan.fetch]
+    from pytest_minerva import formats as file_formats
+    from pytest_minerva.models.identity import check_identity
+
+    paths = []
+    for spec in plan.fetch:
+        path = fetch_artifact(catalog_model, spec, **kw)
+        check_identity(path, catalog_model, spec, file_formats.verify(path), catalog)
+        paths.append(path)
+    return paths
 
 
 def fetch_artifact(

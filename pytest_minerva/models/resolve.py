@@ -16,7 +16,7 @@ import hashlib
 import importlib
 import importlib.util
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,6 +68,12 @@ class ResolvedArtifact:
     detail: str = ""
     summary: Any = None
     extra: dict[str, Any] = field(default_factory=dict)
+    #: Why these bytes are not the ones the catalog pins: it pins no sha256 for the artifact, or the
+    #: file's sha256 or size differs from the pin (accepted because its identity facts match). Empty
+    #: when the sha256 matches the pin, and for generated files; a derived artifact inherits its source's.
+    unpinned: str = ""
+    #: The identity facts the file's own header states (:func:`pytest_minerva.models.identity.found_facts`).
+    facts: dict[str, Any] = field(default_factory=dict)
 
     @property
     def variant(self) -> str:
@@ -85,11 +91,25 @@ class ResolvedArtifact:
         return node
 
     def describe(self) -> str:
-        """One line: the artifact's id, where it came from, and how it was derived."""
+        """One line: the artifact's id, where it came from, how it was derived, and "unpinned"
+        with the reason where its bytes are not the catalog's pinned ones."""
         where = f"{self.source}: {printable(self.path)}"
+        pin = f"; UNPINNED: {printable(self.unpinned)}" if self.unpinned else ""
         if self.derived_from is not None:
-            return f"{self.id} ({where}; {self.detail or 'derived from ' + self.derived_from.id})"
-        return f"{self.id} ({where})"
+            return f"{self.id} ({where}; {self.detail or 'derived from ' + self.derived_from.id}{pin})"
+        return f"{self.id} ({where}{pin})"
+
+    def record(self) -> dict[str, Any]:
+        """What a results document says about the artifact: id, source, path, sha256 where known,
+        ``unpinned`` (the reason, or ``None``) and the identity facts its header states."""
+        return {
+            "id": self.id,
+            "source": self.source,
+            "path": str(self.path),
+            "sha256": self.sha256,
+            "unpinned": self.unpinned or None,
+            "facts": dict(self.facts),
+        }
 
 
 def _resolved(path: Path) -> Path:
@@ -117,8 +137,11 @@ class Resolver:
         derive: bool = True,
         verify: bool = True,
         hook: Callable[..., Any] | None = None,
+        catalog: Iterable[ModelSpec] = (),
     ) -> None:
         self.cache = cache
+        #: Every catalog model, to say which one a mismatched file looks like.
+        self.catalog = catalog
         chosen_dir = model_dir or os.environ.get("MINERVA_MODEL_DIR")
         self.model_dir = Path(chosen_dir).expanduser() if chosen_dir else None
         self.hf_cache = Path(hf_cache).expanduser() if hf_cache else None
@@ -311,44 +334,63 @@ class Resolver:
         if self.hook is not None:
             hooked = self.hook(model=model, spec=spec, resolver=self)
             if hooked is not None:
-                return self._checked(hooked)
+                return self._checked(hooked, model, spec)
         found = self.locate(model, spec)
         if found is not None:
             path, source = found
             artifact = ResolvedArtifact(model.name, spec.format, spec.quant, path, source, model.architecture)
-            self._check_catalog_identity(artifact, spec)
-            return self._checked(artifact)
+            if model.explicit_path is None:
+                self._check_pin(artifact, spec)
+            return self._checked(artifact, model, spec)
         generator = spec.generator or (model.generator if not spec.derive_from else None)
         if generator:
-            return self._checked(self._generate(model, spec, generator))
+            return self._checked(self._generate(model, spec, generator), model, spec)
         if spec.derive_from and self.derive:
-            return self._checked(self._derive(model, spec))
+            return self._checked(self._derive(model, spec), model, spec)
         raise ArtifactMissing(self.how_to_get(model, spec))
 
-    def _checked(self, artifact: ResolvedArtifact) -> ResolvedArtifact:
+    def _checked(self, artifact: ResolvedArtifact, model: ModelSpec, spec: ArtifactSpec) -> ResolvedArtifact:
+        """Check the file's structure, then that its header states what the catalog says it is."""
         from pytest_minerva import formats
+        from pytest_minerva.models.identity import check_identity, found_facts
 
         if self.verify:
             artifact.summary = formats.verify(artifact.path)
+            artifact.facts = found_facts(artifact.summary)
+            if model.explicit_path is None:
+                check_identity(artifact.path, model, spec, artifact.summary, self.catalog)
             if artifact.summary.architecture:
                 artifact.architecture = artifact.summary.architecture
         return artifact
 
-    def _check_catalog_identity(self, artifact: ResolvedArtifact, spec: ArtifactSpec) -> None:
-        """A file the catalog describes must have the catalog's size and sha256."""
-        if not artifact.path.is_file():
-            return
-        size = artifact.path.stat().st_size
+    def _check_pin(self, artifact: ResolvedArtifact, spec: ArtifactSpec) -> None:
+        """Hold a located file against the catalog's size and sha256 pin.
+
+        A file with the pinned bytes is pinned. One the catalog pins nothing for, or whose size or
+        sha256 differs from the pin, is ``unpinned`` with the reason: it is accepted only when its
+        header states the catalog's identity facts, which :meth:`_checked` checks next. Without
+        that check (``verify=False``) a file that differs from its pin is refused here.
+        """
+        artifact.unpinned = self.pin_problem(artifact.path, spec) or ""
+        if artifact.unpinned and not self.verify and (spec.sha256 or spec.size is not None):
+            raise FormatError(artifact.path, f"{artifact.unpinned} (corrupt or a different file)")
+        if spec.sha256 and not artifact.unpinned:
+            artifact.sha256 = spec.sha256
+
+    def pin_problem(self, path: Path, spec: ArtifactSpec) -> str | None:
+        """Why the file at ``path`` is not the catalog's pinned artifact ``spec``, or ``None`` when it is."""
+        if spec.sha256 is None and spec.size is None:
+            return "the catalog pins no sha256 for it"
+        if not path.is_file():
+            return "a directory, where the catalog pins a single file"
+        size = path.stat().st_size
         if spec.size is not None and size != spec.size:
-            raise FormatError(artifact.path, f"size is {size} bytes, the catalog expects {spec.size}")
+            return f"size is {size} bytes, the catalog expects {spec.size}"
         if spec.sha256:
-            digest = self.cache.sha256(artifact.path)
+            digest = self.cache.sha256(path)
             if digest != spec.sha256:
-                raise FormatError(
-                    artifact.path,
-                    f"sha256 is {digest}, the catalog expects {spec.sha256} (corrupt or a different file)",
-                )
-            artifact.sha256 = digest
+                return f"sha256 is {digest}, the catalog expects {spec.sha256}"
+        return None
 
     def artifact_digest(self, artifact: ResolvedArtifact) -> str:
         """sha256 of a file, or of the sorted ``name:sha256`` list of a directory's files."""
@@ -401,6 +443,7 @@ class Resolver:
             model.architecture,
             derived_from=source,
             detail=detail,
+            unpinned=source.unpinned,
             extra={"manifest": entry.manifest, "built": entry.built},
         )
 

@@ -66,6 +66,9 @@ class BackendResult:
     roofline_scenario: str | None = None
     fidelity: Fidelity | None = None
     scenarios: list[ScenarioResult] = field(default_factory=list)
+    #: The file that ran (:meth:`ResolvedArtifact.record`): where it came from, whether its bytes
+    #: are the catalog's pinned ones (``unpinned``: why not) and the identity facts its header states.
+    artifact: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -77,6 +80,7 @@ class BackendResult:
             "device": self.device,
             "status": self.status,
             "reason": self.reason,
+            "artifact": self.artifact,
             "info": self.info,
             "load_s": self.load_s,
             "memory": {
@@ -131,6 +135,7 @@ def bench_backend(
         info=info,
         load_s=loaded.load_s,
         load_rss_bytes=loaded.rss_after - loaded.rss_before,
+        artifact=loaded.artifact.record(),
     )
     device = memory.device_memory(backend)
     if device is not None:

@@ -221,9 +221,11 @@ def backend_title(backend: Mapping[str, Any]) -> str:
     threads = f", {info['threads']} threads" if info.get("threads") else ""
     version = f" {info['version']}" if info.get("version") else ""
     quant = f" {backend['quant']}" if backend.get("quant") else ""
+    unpinned = (backend.get("artifact") or {}).get("unpinned")
+    pin = f" (UNPINNED: {unpinned})" if unpinned else ""
     return printable(
         f"### {backend['backend']}{version}: {backend['model']} {backend['format']}{quant} "
-        f"on {backend['device']}{threads}"
+        f"on {backend['device']}{threads}{pin}"
     )
 
 
