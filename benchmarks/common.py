@@ -272,15 +272,19 @@ def pair_label(pair: Any) -> str:
     return f"{ref.format_id}-{ref.backend.name} vs {cand.format_id}-{cand.backend.name}"
 
 
-def numerics_pairs(model: str) -> list[Any]:
-    """The equivalence suite's pairs of ``model`` on :data:`DEVICE` whose candidate is one of
-    :data:`BACKENDS`; the reference side is whichever registered backend the suite makes it."""
-    session = build_session(options.Settings(models=[model], devices=[DEVICE]))
+def chosen_pairs(session: Any) -> list[Any]:
+    """The equivalence suite's pairs of ``session``'s models on :data:`DEVICE` whose candidate is one
+    of :data:`BACKENDS`; the reference side is whichever registered backend the suite makes it."""
     return [
         pair
         for pair in session.pairs(list(NUMERICS_PAIR_KINDS))
         if pair.candidate.device == DEVICE and pair.candidate.backend.name in BACKENDS
     ]
+
+
+def numerics_pairs(model: str) -> list[Any]:
+    """:func:`chosen_pairs` of ``model`` (nothing is loaded)."""
+    return chosen_pairs(build_session(options.Settings(models=[model], devices=[DEVICE])))
 
 
 def numerics_pair_labels() -> tuple[str, ...]:
@@ -335,11 +339,7 @@ def measure_numerics_all() -> dict[str, Any]:
         settings = options.Settings(models=[model], devices=[DEVICE], threads=THREADS)
         try:
             session = build_session(settings)
-            pairs = [
-                p
-                for p in session.pairs(list(NUMERICS_PAIR_KINDS))
-                if p.candidate.device == DEVICE and p.candidate.backend.name in BACKENDS
-            ]
+            pairs = chosen_pairs(session)
         except Exception as exc:
             outcomes[(model, "*")] = {"error": f"{type(exc).__name__}: {exc}"}
             continue

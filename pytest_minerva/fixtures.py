@@ -75,7 +75,7 @@ class LoadedPair:
     @property
     def same_weights(self) -> bool:
         """True when both run the same numbers (one side was derived from the other's file)."""
-        return self.reference_artifact.weights_origin().id == self.candidate_artifact.weights_origin().id
+        return self.reference_artifact.same_weights_as(self.candidate_artifact)
 
     @property
     def id(self) -> str:

@@ -177,3 +177,12 @@ def test_the_equivalence_suite_still_accepts_the_perturbed_engine(rope_step: dic
     profile = rope_step["profile"]
     for name, report in rope_step["reports"].items():  # type: ignore[attr-defined]
         assert profile.check(report) == [], name  # type: ignore[attr-defined]
+
+
+def test_asv_continuous_output_with_only_a_numerics_row_worse_is_a_numerics_regression() -> None:
+    from pytest_minerva.compare.gate import classify_asv
+
+    output = f"| + | 0.0236 | 0.0270 | 1.14 | {KL} |\nPERFORMANCE DECREASED.\n"
+    status, kind, reason = classify_asv(1, output, 1.1)
+    assert (status, kind) == ("regression", "numerics")
+    assert reason == f"1 numerics figure(s) worse beyond factor 1.1 (or no longer 0): {KL}"

@@ -319,7 +319,7 @@ def pair_numerics(session: Any, cases: Sequence[Any], measured: Sequence[Mapping
         }
         try:
             numerics = runner.measure_pair(session, pair)
-            origins = {session.resolve(case).weights_origin().id for case in (pair.reference, pair.candidate)}
+            same = session.resolve(pair.reference).same_weights_as(session.resolve(pair.candidate))
         except (BackendUnavailable, ArtifactMissing) as exc:
             entries.append({**entry, "status": "unavailable", "reason": printable(exc)})
             continue
@@ -327,7 +327,7 @@ def pair_numerics(session: Any, cases: Sequence[Any], measured: Sequence[Mapping
             entries.append({**entry, "status": "error", "reason": f"{type(exc).__name__}: {printable(exc)}"})
             continue
         try:
-            profile = runner.profile_for(pair.reference, pair.candidate, len(origins) == 1, session.settings.tolerances)
+            profile = runner.profile_for(pair.reference, pair.candidate, same, session.settings.tolerances)
             entry["profile"] = profile.name
             entry["bounds"] = {m: float(v) for m, v in profile.bounds.items() if m in runner.NUMERICS_FIGURES}
         except ProfileError:

@@ -84,7 +84,7 @@ def cmd_calibrate(args: argparse.Namespace, out: TextIO | None = None) -> int:
             except ArtifactMissing as exc:
                 out.write(f"<!-- skipped {printable(pair.id)}: {printable(exc)} -->\n")
                 continue
-            same = ref_art.weights_origin().id == cand_art.weights_origin().id
+            same = ref_art.same_weights_as(cand_art)
             profile = runner.profile_for(ref_case, cand_case, same, args.tolerances, calibrated=False)
             if wanted and profile.name not in wanted:
                 continue

@@ -90,6 +90,10 @@ class ResolvedArtifact:
             node = node.derived_from
         return node
 
+    def same_weights_as(self, other: ResolvedArtifact) -> bool:
+        """True when both run the same numbers (one was derived from the other's file, or both from one)."""
+        return self.weights_origin().id == other.weights_origin().id
+
     def describe(self) -> str:
         """One line: the artifact's id, where it came from, how it was derived, and "unpinned"
         with the reason where its bytes are not the catalog's pinned ones."""

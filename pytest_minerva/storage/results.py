@@ -255,6 +255,7 @@ _NUMERICS_KEYS: dict[str, type | tuple[type, ...]] = {
     "figures": dict,
 }
 _NUMERICS_STATUSES = ("ok", "unavailable", "error")
+#: ``pytest_minerva.equivalence.runner.NUMERICS_FIGURES``, spelled out: storage sits below the features.
 _NUMERICS_FIGURES = ("kl_mean", "kl_max", "top1_agreement", "max_dlogit")
 
 
